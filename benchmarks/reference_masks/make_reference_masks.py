@@ -1,0 +1,80 @@
+"""Make reference brain and face masks for the real heads by ANTs registration.
+
+Independent of the CNN: a labelled template head is warped onto each subject with antspyx SyN.
+Run in an environment with antspyx (its numpy/scipy pins clash with bidsdeid's, so use a
+separate venv), with the pydeface and nilearn wheels installed (--no-deps, data only):
+
+    python benchmarks/reference_masks/make_reference_masks.py ../shared/data/heads OUT_DIR
+
+Steps:
+1. Template brain: the nilearn ICBM152-2009 brain (T1, brain only) is registered (SyN) into
+   pydeface's mean head, the metric restricted to a generously dilated brain region.
+2. Each subject: pydeface's mean head is registered (affine + SyN, mutual information, so T2w
+   and PD work too) onto the subject; the template brain and pydeface's face mask follow.
+3. Reference face = warped face region, inside the subject's head and field of view, not brain.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import ants
+import numpy as np
+from scipy import ndimage
+
+SUBJECTS = ["chris_t1", "chris_PD", "register_T1_head_ext2", "register_T2w"]
+
+
+def package_file(package: str, relative: str) -> str:
+    spec = importlib.util.find_spec(package)
+    return str(Path(spec.submodule_search_locations[0]) / relative)
+
+
+def head_mask(img: ants.ANTsImage) -> np.ndarray:
+    data = img.numpy()
+    level = 0.08 * np.percentile(data[data > 0], 99)
+    mask = ndimage.binary_closing(data > level, iterations=3)
+    mask = ndimage.binary_fill_holes(mask)
+    lab, n = ndimage.label(mask)
+    if n > 1:
+        mask = lab == 1 + int(np.argmax(ndimage.sum(mask, lab, range(1, n + 1))))
+    return mask
+
+
+def template_brain(pd_head: ants.ANTsImage) -> ants.ANTsImage:
+    icbm = ants.image_read(package_file(
+        "nilearn", "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"))
+    affine = ants.registration(fixed=pd_head, moving=icbm, type_of_transform="Affine")
+    prior = ants.apply_transforms(pd_head, icbm.new_image_like((icbm.numpy() > 0) * 1.0),
+                                  affine["fwdtransforms"]).numpy() > 0.5
+    region = pd_head.new_image_like(ndimage.binary_dilation(prior, iterations=8) * 1.0)
+    syn = ants.registration(fixed=pd_head * region, moving=icbm, type_of_transform="SyN",
+                            initial_transform=affine["fwdtransforms"][0], mask=region)
+    brain = icbm.new_image_like((icbm.numpy() > 0) * 1.0)
+    return ants.apply_transforms(pd_head, brain, syn["fwdtransforms"])
+
+
+def main(heads_dir: Path, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pd_head = ants.image_read(package_file("pydeface", "data/mean_reg2mean.nii.gz"))
+    face = ants.image_read(package_file("pydeface", "data/facemask.nii.gz"))
+    face = pd_head.new_image_like(1.0 - face.numpy())  # pydeface: 0 over the face
+    brain_t = template_brain(pd_head)
+    ants.image_write(brain_t, str(out_dir / "template_brain_in_pydeface.nii.gz"))
+    for name in SUBJECTS:
+        subject = ants.image_read(str(heads_dir / f"{name}.nii.gz"))
+        reg = ants.registration(fixed=subject, moving=pd_head, type_of_transform="SyN")
+        brain = ants.apply_transforms(subject, brain_t, reg["fwdtransforms"]).numpy() > 0.5
+        brain = ndimage.binary_fill_holes(brain)
+        warped_face = ants.apply_transforms(subject, face, reg["fwdtransforms"]).numpy() > 0.5
+        ref_face = warped_face & head_mask(subject) & ~brain
+        for kind, mask in (("brain", brain), ("face", ref_face)):
+            img = subject.new_image_like(mask.astype(np.float32))
+            ants.image_write(img.astype("uint8"), str(out_dir / f"{name}_{kind}.nii.gz"))
+        print(name, "brain voxels", int(brain.sum()), "face voxels", int(ref_face.sum()), flush=True)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -1,0 +1,3 @@
+from bidsdeid.cli import main
+
+main()

@@ -1,0 +1,146 @@
+"""Writing the BIDS dataset: dataset files, participants.tsv, scans.tsv, placing images.
+
+Shared files (participants.tsv, dataset_description.json) are updated under a file lock and
+replaced atomically, so many participant jobs can write into one OUTPUT_DIR at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from bidsdeid import __version__
+from bidsdeid.fsutil import atomic_copy, atomic_write_text
+from bidsdeid.records import BidsTarget
+
+BIDS_VERSION = "1.9.0"
+DERIVATIVES = Path("derivatives") / "bidsdeid"
+
+_README = """\
+# De-identified dataset
+
+This dataset was converted from DICOM and de-identified with bidsdeid {version}.
+
+- DICOM headers were de-identified with the DICOM PS3.15 Annex E Basic Application Level
+  Confidentiality Profile and the options recorded in `derivatives/bidsdeid/audit/`.
+- Subject and session labels are keyed pseudonyms; the key and the mapping to original
+  identifiers are kept by the data steward, outside this dataset.
+- Dates were shifted by a per-subject offset to 1925 or earlier; ages of 89 and over are
+  reported as 89.
+- Anatomical images were defaced unless the audit record says otherwise.
+"""
+
+_PARTICIPANTS_JSON = {
+    "participant_id": {"Description": "Pseudonymous participant label"},
+    "age": {"Description": "Age at the first session, in years; 89 or over is reported as 89",
+            "Units": "year"},
+    "sex": {"Description": "Sex as recorded in the DICOM header",
+            "Levels": {"M": "male", "F": "female", "O": "other"}},
+}
+PARTICIPANT_COLUMNS = ("participant_id", "age", "sex")
+
+
+def _json_text(data: Mapping) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def _tsv_text(columns: Iterable[str], rows: Iterable[Mapping[str, str]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, list(columns), delimiter="\t", lineterminator="\n",
+                            extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        atomic_write_text(path, text)
+
+
+def generated_by() -> list[dict[str, str]]:
+    return [{"Name": "bidsdeid", "Version": __version__,
+             "Description": "DICOM to BIDS conversion with de-identification"}]
+
+
+def ensure_dataset_files(output_dir: Path, name: str = "De-identified dataset") -> None:
+    """dataset_description.json, README, CHANGES, .bidsignore, participants.json; idempotent."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(output_dir / ".bidsdeid.lock")):
+        _write_if_changed(output_dir / "dataset_description.json", _json_text({
+            "Name": name, "BIDSVersion": BIDS_VERSION, "DatasetType": "raw",
+            "GeneratedBy": generated_by(),
+        }))
+        _write_if_changed(output_dir / "README", _README.format(version=__version__))
+        changes = output_dir / "CHANGES"
+        if not changes.exists():
+            atomic_write_text(changes, f"1.0.0\n  - Dataset created with bidsdeid {__version__}.\n")
+        _write_if_changed(output_dir / ".bidsignore", "derivatives/\nsourcedata/\n")
+        _write_if_changed(output_dir / "participants.json", _json_text(_PARTICIPANTS_JSON))
+        derivatives = output_dir / DERIVATIVES
+        derivatives.mkdir(parents=True, exist_ok=True)
+        _write_if_changed(derivatives / "dataset_description.json", _json_text({
+            "Name": "bidsdeid audit trail and quality control",
+            "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative",
+            "GeneratedBy": generated_by(),
+        }))
+
+
+def upsert_participant(output_dir: Path, row: Mapping[str, str]) -> None:
+    """Add or replace one participant's row in participants.tsv, sorted by label, under a lock."""
+    path = output_dir / "participants.tsv"
+    with FileLock(str(output_dir / ".participants.lock")):
+        rows: dict[str, dict[str, str]] = {}
+        if path.exists():
+            with path.open(newline="", encoding="utf-8") as fh:
+                for existing in csv.DictReader(fh, delimiter="\t"):
+                    rows[existing["participant_id"]] = existing
+        rows[row["participant_id"]] = {c: row.get(c, "n/a") or "n/a" for c in PARTICIPANT_COLUMNS}
+        _write_if_changed(path, _tsv_text(PARTICIPANT_COLUMNS, [rows[k] for k in sorted(rows)]))
+
+
+def write_scans_tsv(session_dir: Path, stem: str, rows: list[dict[str, str]]) -> Path:
+    """``sub-X[_ses-Y]_scans.tsv`` with filename (relative to session dir) and acq_time."""
+    path = session_dir / f"{stem}_scans.tsv"
+    rows = sorted(rows, key=lambda r: r["filename"])
+    _write_if_changed(path, _tsv_text(("filename", "acq_time"), rows))
+    return path
+
+
+def place_file(src: Path, dst: Path) -> None:
+    """Put a finished file into the dataset atomically; unchanged files are left alone."""
+    if dst.exists() and dst.stat().st_size == src.stat().st_size and dst.read_bytes() == src.read_bytes():
+        return
+    atomic_copy(src, dst)
+
+
+def write_json(path: Path, data: Mapping) -> None:
+    _write_if_changed(path, _json_text(data))
+
+
+def sidecar_completions(items: Sequence[tuple[BidsTarget, Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """Fields BIDS requires that dcm2niix may not write, for each (target, sidecar) of a session.
+
+    TaskName for functional runs (from the task entity); EchoTime1/EchoTime2 for a phase
+    difference map, taken from its magnitude images' echo times.
+    """
+    magnitude_te = {(t.entities, t.suffix): s.get("EchoTime") for t, s in items
+                    if t.suffix in ("magnitude1", "magnitude2")}
+    completions = []
+    for target, sidecar in items:
+        extra: dict[str, Any] = {}
+        if target.datatype == "func" and "TaskName" not in sidecar:
+            extra["TaskName"] = dict(target.entities).get("task", "unknown")
+        if target.suffix == "phasediff":
+            for n in (1, 2):
+                echo_time = magnitude_te.get((target.entities, f"magnitude{n}"))
+                if f"EchoTime{n}" not in sidecar and echo_time is not None:
+                    extra[f"EchoTime{n}"] = echo_time
+        completions.append(extra)
+    return completions

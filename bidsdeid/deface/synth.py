@@ -1,0 +1,159 @@
+"""SynthStrip-style training pairs synthesised on the fly from the atlas label maps.
+
+Each sample: a random grid (spacing, rotation, scale, position), an elastic warp, random
+intensities per label (so any MR contrast), partial-volume averaging, a bias field, gamma,
+slice-thickness blur, noise and a random field-of-view cut. Targets are the brain and face
+fractions of each working voxel; ``valid`` marks voxels whose target is known.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bidsdeid.deface.atlas import CSF, N_LABELS, WM, AtlasHead
+from bidsdeid.deface.grid import normalise_intensity
+from bidsdeid.deface.register import grid_world_coords, sample_at_world
+
+
+@dataclass
+class Sample:
+    image: torch.Tensor  # (1, n, n, n), normalised like inference input
+    target: torch.Tensor  # (2, n, n, n) brain, face fractions
+    valid: torch.Tensor  # (1, n, n, n) 1 where the target is defined
+
+
+@dataclass(frozen=True)
+class TorchHead:
+    labels: torch.Tensor  # (1, I, J, K) float labels
+    face: torch.Tensor  # (1, I, J, K) float
+    affine: np.ndarray
+    brain_centre: np.ndarray  # world mm
+    head_top: np.ndarray  # world mm, highest head point (centre in x, y)
+
+
+def to_torch_head(head: AtlasHead) -> TorchHead:
+    lab = head.labels
+    ijk_brain = np.array(np.nonzero((lab >= WM) & (lab <= CSF)), float)
+    ijk_head = np.array(np.nonzero(lab > 0), float)
+    world_head = head.affine[:3, :3] @ ijk_head + head.affine[:3, 3:4]
+    top = world_head.mean(1)
+    top[2] = world_head[2].max()
+    return TorchHead(
+        torch.as_tensor(lab, dtype=torch.float32)[None],
+        torch.as_tensor(head.face, dtype=torch.float32)[None],
+        head.affine,
+        head.affine[:3, :3] @ ijk_brain.mean(1) + head.affine[:3, 3],
+        top,
+    )
+
+
+def _rotation(angles: np.ndarray) -> np.ndarray:
+    cx, cy, cz = np.cos(angles)
+    sx, sy, sz = np.sin(angles)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _smooth_field(shape, points: int, std: float, rng: np.random.Generator, channels=1):
+    coarse = torch.as_tensor(rng.normal(0, std, (1, channels, points, points, points)),
+                             dtype=torch.float32)
+    return F.interpolate(coarse, size=shape, mode="trilinear", align_corners=True)[0]
+
+
+def synthesise(head: TorchHead, rng: np.random.Generator) -> Sample:
+    """One random training pair: a whole-head coarse grid or a brain-centred finer one."""
+    coarse = rng.random() < 0.5
+    size = 56 if coarse else 48
+    spacing = rng.uniform(3.6, 5.0) if coarse else rng.uniform(2.3, 3.4)
+    fine_n = 2 * size
+    rot = _rotation(np.deg2rad(rng.normal(0, 10, 3).clip(-30, 30)))
+    scale = rng.uniform(0.88, 1.15, 3)
+    linear = rot @ np.diag(scale)
+    half = (size * spacing) / 2
+    if coarse:
+        # Inference stage 1 puts the head top ~20 mm below the grid top: mimic it, with jitter.
+        local_top = np.array([0.0, 0.0, half - 20.0]) + rng.normal(0, 8, 3)
+        centre = head.head_top - linear @ local_top
+    else:
+        centre = head.brain_centre + rng.normal(0, 12, 3)
+    fine_affine = np.eye(4)
+    fine_affine[:3, :3] = linear * (spacing / 2)
+    fine_affine[:3, 3] = centre - linear @ np.full(3, half - spacing / 4)
+    world = grid_world_coords((fine_n,) * 3, fine_affine)
+    disp = _smooth_field((fine_n,) * 3, 5, rng.uniform(0, 4), rng, channels=3)
+    world = world + disp.permute(1, 2, 3, 0)
+    labels = sample_at_world(head.labels, head.affine, world, mode="nearest")[0].long()
+    face = sample_at_world(head.face, head.affine, world)[0]
+    known = sample_at_world(torch.ones_like(head.face), head.affine, world)[0]
+    if rng.random() < 0.5:  # left-right flip: heads are near symmetric, the grid is not
+        labels, face, known = labels.flip(0), face.flip(0), known.flip(0)
+
+    means = torch.as_tensor(rng.uniform(0, 1, N_LABELS), dtype=torch.float32)
+    stds = torch.as_tensor(rng.uniform(0, 0.08, N_LABELS), dtype=torch.float32)
+    means[0] = rng.uniform(0, 0.08)
+    image = means[labels] + stds[labels] * torch.randn(labels.shape)
+    sigma = rng.uniform(0.0, 1.2)
+    if sigma > 0.3:
+        image = _gaussian_blur(image, [sigma] * 3)
+    image = image * torch.exp(_smooth_field((fine_n,) * 3, 4, rng.uniform(0, 0.35), rng)[0])
+
+    brain = ((labels >= WM) & (labels <= CSF)).float()
+    pool = lambda v: F.avg_pool3d(v[None, None], 2)[0, 0]  # noqa: E731 - local shorthand
+    image, brain, face, known = pool(image), pool(brain), pool(face), pool(known)
+    if rng.random() < 0.5:  # thick slices along a random axis
+        sig = [0.0, 0.0, 0.0]
+        sig[rng.integers(3)] = rng.uniform(0.5, 2.0)
+        image = _gaussian_blur(image, sig)
+    image = image.clamp_min(0) ** rng.uniform(0.6, 1.6)
+    image = image + torch.randn(image.shape) * rng.uniform(0, 0.05)
+    image = image.abs()
+    fov = _random_fov(image.shape, rng)
+    image = image * fov
+    image = normalise_intensity(image)
+    valid = ((known > 0.5) & (fov > 0)).float()
+    return Sample(image[None], torch.stack([brain, face]), valid[None])
+
+
+def _random_fov(shape, rng: np.random.Generator) -> torch.Tensor:
+    """Where the simulated acquisition has data: cuts of neck, top, or an oblique slab."""
+    fov = torch.ones(shape)
+    r = rng.random()
+    if r < 0.4:
+        return fov
+    normal = _rotation(np.deg2rad(rng.normal(0, 15, 3))) @ np.array([0.0, 0.0, 1.0])
+    ijk = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape],
+                                     indexing="ij"), -1) - (torch.tensor(shape) - 1) / 2
+    height = ijk @ torch.as_tensor(normal, dtype=torch.float32)
+    n = shape[0]
+    if r < 0.75:  # neck or chin cut
+        fov = (height > rng.uniform(-0.5, 0.0) * n).float()
+    elif r < 0.85:  # top of head cut
+        fov = (height < rng.uniform(0.25, 0.5) * n).float()
+    else:  # axial slab
+        centre, half = rng.uniform(-0.1, 0.2) * n, rng.uniform(0.2, 0.35) * n
+        fov = ((height - centre).abs() < half).float()
+    return fov
+
+
+def _gaussian_blur(volume: torch.Tensor, sigmas: list[float]) -> torch.Tensor:
+    out = volume[None, None]
+    for axis, sigma in enumerate(sigmas):
+        if sigma <= 0.2:
+            continue
+        radius = max(1, int(math.ceil(2.5 * sigma)))
+        x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        k = torch.exp(-0.5 * (x / sigma) ** 2)
+        k = k / k.sum()
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + axis] = k.numel()
+        pad = [0, 0, 0, 0, 0, 0]
+        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
+        out = F.conv3d(F.pad(out, pad, mode="replicate"), k.reshape(shape))
+    return out[0, 0]

@@ -1,0 +1,115 @@
+"""Train the defacing U-Net on synthetic heads (CPU, time-boxed, resumable).
+
+    python -m bidsdeid.deface.train --minutes 45 --out models/deface_unet.pt \
+        --mni152-head ../shared/data/heads/register_MNI152_T1_2mm.nii.gz
+
+Needs the ``pydeface`` and ``nilearn`` wheels installed (``pip install --no-deps``: only their
+data files are read). Checkpoints every ``--checkpoint-every`` steps beside ``--out`` so an
+interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bidsdeid.deface.atlas import AtlasHead, build_atlas
+from bidsdeid.deface.model import UNet3D
+from bidsdeid.deface.synth import Sample, synthesise, to_torch_head
+
+
+def loss_fn(logits: torch.Tensor, sample: Sample) -> torch.Tensor:
+    """Masked binary cross-entropy plus soft Dice, for each output channel."""
+    target, valid = sample.target[None], sample.valid[None]
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    bce = (bce * valid).sum() / (valid.sum() * target.shape[1]).clamp_min(1)
+    prob = torch.sigmoid(logits) * valid
+    t = target * valid
+    inter = (prob * t).sum((0, 2, 3, 4))
+    dice = 1 - (2 * inter + 1) / (prob.sum((0, 2, 3, 4)) + t.sum((0, 2, 3, 4)) + 1)
+    return bce + dice.mean()
+
+
+def load_or_build_atlas(cache: Path, mni152_head: Path | None) -> list[AtlasHead]:
+    """Atlas heads, built once (about a minute) and cached as NIfTI label maps."""
+    heads = []
+    if cache.exists():
+        for name in json.loads((cache / "heads.json").read_text()):
+            lab = nib.load(cache / f"{name}_labels.nii.gz")
+            face = nib.load(cache / f"{name}_face.nii.gz")
+            heads.append(AtlasHead(name, np.zeros(0, np.float32), np.asarray(lab.dataobj),
+                                   np.asarray(face.dataobj) > 0, lab.affine))
+        return heads
+    heads = build_atlas(mni152_head)
+    cache.mkdir(parents=True)
+    for h in heads:
+        nib.save(nib.Nifti1Image(h.labels, h.affine), cache / f"{h.name}_labels.nii.gz")
+        nib.save(nib.Nifti1Image(h.face.astype(np.uint8), h.affine), cache / f"{h.name}_face.nii.gz")
+    (cache / "heads.json").write_text(json.dumps([h.name for h in heads]))
+    return heads
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("models/deface_unet.pt"))
+    ap.add_argument("--minutes", type=float, default=45.0)
+    ap.add_argument("--mni152-head", type=Path, default=None)
+    ap.add_argument("--atlas-cache", type=Path, default=Path("/tmp/bidsdeid_deface_atlas"))
+    ap.add_argument("--checkpoint-every", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    heads = [to_torch_head(h) for h in load_or_build_atlas(args.atlas_cache, args.mni152_head)]
+    model = UNet3D()
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    ckpt = args.out.with_suffix(".ckpt")
+    step, elapsed = 0, 0.0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, elapsed = state["step"], state["elapsed"]
+    rng = np.random.default_rng(args.seed + step)
+    budget = args.minutes * 60
+    start = time.monotonic() - elapsed
+    running = None
+    while time.monotonic() - start < budget:
+        frac = (time.monotonic() - start) / budget
+        for group in opt.param_groups:  # cosine decay over the time budget
+            group["lr"] = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        sample = synthesise(heads[step % len(heads)], rng)
+        loss = loss_fn(model(sample.image[None]), sample)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        if step % 10 == 0:
+            print(f"step {step} t={time.monotonic() - start:.0f}s loss={running:.4f}", flush=True)
+        if step % args.checkpoint_every == 0:
+            _save(ckpt, model, opt, step, time.monotonic() - start)
+    _save(ckpt, model, opt, step, time.monotonic() - start)
+    torch.save({"channels": model.channels, "state_dict": model.state_dict(),
+                "steps": step, "seed": args.seed}, args.out)
+    print(f"saved {args.out} after {step} steps", flush=True)
+
+
+def _save(path: Path, model, opt, step: int, elapsed: float) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                "elapsed": elapsed}, tmp)
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    main()

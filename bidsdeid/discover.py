@@ -1,0 +1,246 @@
+"""Walk INPUT_DIR, classify each file by content, and group DICOM instances into series.
+
+Only headers are read (``stop_before_pixels``), so discovery of 10,000 files never loads pixel
+data. Symlinks are not followed unless asked, so nothing outside INPUT_DIR is read by accident.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.valuerep import PersonName
+
+from bidsdeid.records import Discovery, Failure, Series, SkippedFile
+
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".bif", ".mrxs", ".scn", ".vms", ".vmu"}
+_MAX_HEADER_VALUE = 1024  # longer values (private blobs, overlays) are not heuristic material
+
+
+def iter_files(root: Path, follow_symlinks: bool = False) -> Iterator[tuple[Path, str | None]]:
+    """Yield (path, skip reason or None) for every entry under ``root``, streaming, sorted."""
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            yield Path(folder), f"unreadable folder ({exc.strerror})"
+            continue
+        subfolders = []
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.is_symlink() and not follow_symlinks:
+                yield path, "symbolic link not followed"
+            elif entry.is_dir(follow_symlinks=follow_symlinks):
+                subfolders.append(path)
+            elif entry.is_file(follow_symlinks=follow_symlinks):
+                yield path, None
+            else:
+                yield path, "not a regular file"
+        stack.extend(reversed(subfolders))
+
+
+def sniff_dicom(head: bytes) -> bool:
+    """True if ``head`` (first 132+ bytes) starts a DICOM file, with or without the preamble."""
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return True
+    if len(head) < 8:
+        return False
+    # No preamble: the first element must be a plausible group 0002/0008 tag, explicit or
+    # implicit VR little endian, as written by older scanners and some PACS exports.
+    group, element = struct.unpack("<HH", head[:4])
+    if group not in (0x0002, 0x0008) or element > 0x0100:
+        return False
+    vr = head[4:6]
+    if vr.isalpha() and vr.isupper():
+        return True
+    length = struct.unpack("<I", head[4:8])[0]
+    return length < 1024
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, PersonName):
+        return str(value)
+    if isinstance(value, MultiValue | list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes):
+        return None
+    if isinstance(value, float | int | str):
+        return value
+    return str(value)
+
+
+def header_summary(ds: Dataset) -> dict[str, Any]:
+    """Top-level public, non-sequence elements as plain Python values (memory only)."""
+    summary: dict[str, Any] = {}
+    for elem in ds:
+        if elem.tag.is_private or elem.VR == "SQ" or elem.tag.group in (0x7FE0, 0x6000):
+            continue
+        keyword = elem.keyword
+        if not keyword or elem.value is None:
+            continue
+        value = _plain(elem.value)
+        if value is None or len(str(value)) > _MAX_HEADER_VALUE:
+            continue
+        summary[keyword] = value
+    return summary
+
+
+def patient_key(ds: Dataset) -> str:
+    """The subject's identity: PatientID, else name + birth date, else the study."""
+    patient_id = str(ds.get("PatientID", "") or "").strip()
+    if patient_id:
+        return f"id:{patient_id}"
+    name = str(ds.get("PatientName", "") or "").strip()
+    birth = str(ds.get("PatientBirthDate", "") or "").strip()
+    if name or birth:
+        return f"name:{name}|{birth}"
+    return f"study:{ds.get('StudyInstanceUID', '')}"
+
+
+def _failure_reason(path: Path, exc: Exception) -> str:
+    """Reason words for a file that failed to parse: generic, never a header value."""
+    try:
+        size = path.stat().st_size
+    except OSError as stat_exc:
+        return f"unreadable file ({stat_exc.strerror})"
+    if size == 0:
+        return "empty file"
+    if isinstance(exc, PermissionError):
+        return "unreadable file (permission denied)"
+    if isinstance(exc, EOFError | struct.error) or "end of file" in str(exc).lower():
+        return "truncated DICOM file"
+    return f"invalid DICOM header ({type(exc).__name__})"
+
+
+class TruncatedDicomError(EOFError):
+    """The file ends before its pixel data does."""
+
+
+def _check_pixel_data_complete(fp: BinaryIO, ds: Dataset, size: int) -> None:
+    """Raise if an image's pixel data element is missing or runs past the end of the file.
+
+    ``stop_before_pixels`` leaves ``fp`` at the pixel data element's tag, so its declared length
+    can be checked against the file size without reading the pixels.
+    """
+    at_end = fp.tell() >= size
+    sop_class = ds.get("SOPClassUID") or getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", None)
+    if sop_class == DICOMDIR_SOP_CLASS:
+        return  # an index: no SOP instance of its own, no pixels
+    if "Rows" not in ds:
+        is_image = sop_class is not None and "Image Storage" in getattr(sop_class, "name", "")
+        if at_end and (is_image or "SOPInstanceUID" not in ds):
+            raise TruncatedDicomError("file ends inside the header")
+        return  # not an image (SR, KO, ...): nothing to check
+    head = fp.read(12)
+    if len(head) < 8 or head[:4] != b"\xe0\x7f\x10\x00":
+        if at_end:
+            raise TruncatedDicomError("no pixel data before the end of the file")
+        return  # big endian or another layout: leave it to the scrub stage's full read
+    explicit = head[4:6].isalpha()
+    length_offset, length_size = (8, 4) if explicit and head[4:6] in (b"OB", b"OW", b"OD", b"OF", b"OL", b"UN") else (4, 4)
+    header_length = length_offset + length_size
+    if len(head) < header_length:
+        raise TruncatedDicomError("pixel data header cut short")
+    (length,) = struct.unpack("<I", head[length_offset:header_length])
+    value_start = fp.tell() - len(head) + header_length
+    if length == 0xFFFFFFFF:
+        if value_start + 8 > size:
+            raise TruncatedDicomError("encapsulated pixel data cut short")
+    elif value_start + length > size:
+        raise TruncatedDicomError("pixel data runs past the end of the file")
+
+
+def read_header(path: Path) -> Dataset:
+    """Header without pixel data; raises ``TruncatedDicomError`` for a file cut short."""
+    with path.open("rb") as fp:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+        _check_pixel_data_complete(fp, ds, os.fstat(fp.fileno()).st_size)
+    return ds
+
+
+def _is_slide_candidate(path: Path, head: bytes) -> bool:
+    return path.suffix.lower() in _SLIDE_SUFFIXES or head[:4] in _TIFF_MAGICS
+
+
+def discover(input_dir: Path, follow_symlinks: bool = False) -> Discovery:
+    """Classify every file under ``input_dir`` and group DICOM instances into series."""
+    from bidsdeid.rawdata.twix import is_twix  # imported here: raw-data modules are optional stages
+    from bidsdeid.rawdata.wsi import WsiError, detect_slide
+
+    found = Discovery()
+    groups: dict[tuple[str, str, str], list[tuple[int, Path]]] = {}
+    first_header: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for path, skip in iter_files(input_dir, follow_symlinks):
+        found.n_files += 1
+        if skip:
+            found.skipped.append(SkippedFile(path, skip))
+            continue
+        try:
+            with path.open("rb") as fh:
+                head = fh.read(256)
+        except OSError as exc:
+            found.failures.append(Failure(path, "discover", f"unreadable file ({exc.strerror})"))
+            continue
+        if not head:
+            found.failures.append(Failure(path, "discover", "empty file"))
+            continue
+        if not sniff_dicom(head):
+            if is_twix(path):
+                found.twix.append(path)
+                continue
+            try:
+                is_slide = _is_slide_candidate(path, head) and detect_slide(path) is not None
+            except WsiError as exc:
+                found.failures.append(Failure(path, "discover", exc.reason))
+                continue
+            if is_slide:
+                found.slides.append(path)
+            elif path.suffix.lower() == ".dcm":
+                found.failures.append(Failure(path, "discover", "named .dcm but not DICOM"))
+            else:
+                found.skipped.append(SkippedFile(path, "not DICOM, twix or a slide"))
+            continue
+        try:
+            ds = read_header(path)
+        except (InvalidDicomError, OSError, EOFError, ValueError, struct.error, KeyError,
+                TypeError, AttributeError, OverflowError, MemoryError) as exc:
+            found.failures.append(Failure(path, "discover", _failure_reason(path, exc)))
+            continue
+        sop_class = str(ds.get("SOPClassUID", "") or getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", ""))
+        if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+            found.skipped.append(SkippedFile(path, "DICOMDIR index"))
+            continue
+        if sop_class == WSI_SOP_CLASS:
+            found.slides.append(path)
+            continue
+        study = str(ds.get("StudyInstanceUID", "") or "")
+        series = str(ds.get("SeriesInstanceUID", "") or "")
+        if not study or not series:
+            found.failures.append(Failure(path, "discover", "missing Study/SeriesInstanceUID (Type 1)"))
+            continue
+        key = (patient_key(ds), study, series)
+        try:
+            number = int(ds.get("InstanceNumber", 0) or 0)
+        except (TypeError, ValueError):
+            number = 0
+        groups.setdefault(key, []).append((number, path))
+        if key not in first_header:
+            first_header[key] = header_summary(ds)
+    for key, members in groups.items():
+        members.sort()
+        header = dict(first_header[key], NumberOfFiles=len(members))
+        found.series.append(Series(key[0], key[1], key[2], [p for _, p in members], header))
+    found.series.sort(key=lambda s: (s.patient_key, s.study_uid, s.sort_key))
+    return found

@@ -1,0 +1,139 @@
+"""Defacing with the shipped CNN: refusals, header preservation, brain safety, orientation."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bidsdeid.deface import DefaceError, DefaceResult, deface_file, load_model
+from bidsdeid.deface.infer import _resample, model_paths
+from tests.conftest import shared_path
+
+SMALL_HEAD = ("heads", "register_T1_head_ext2.nii.gz")  # 1.6 mm, 104 x 150 x 133, with neck
+REFERENCE = Path(__file__).resolve().parents[1] / "benchmarks" / "reference_masks"
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    torch.set_num_threads(1)
+    return load_model()
+
+
+@pytest.fixture(scope="module")
+def defaced_small_head(tmp_path_factory, model):
+    src = shared_path(*SMALL_HEAD)
+    out = tmp_path_factory.mktemp("deface")
+    result = deface_file(src, out / "defaced.nii.gz", brain_mask=out / "mask.nii.gz",
+                         brain_extracted=out / "brain.nii.gz", qc=True, model=model)
+    return src, out, result
+
+
+def test_shipped_weights_are_small_and_load(model):
+    path = next(p for p in model_paths() if p.exists())
+    params = sum(p.numel() for p in model.parameters())
+    assert path.stat().st_size < 5_000_000, f"weights file is {path.stat().st_size} bytes"
+    assert params < 1_000_000, f"network has {params} parameters"
+
+
+def test_4d_input_is_refused_with_a_clear_message(tmp_path):
+    src = tmp_path / "bold.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 16, 3), np.int16), np.eye(4)), src)
+    with pytest.raises(DefaceError, match="4D input"):
+        deface_file(src, tmp_path / "out.nii.gz")
+    assert not (tmp_path / "out.nii.gz").exists(), "nothing is written for a refused input"
+
+
+def test_empty_volume_is_refused(tmp_path, model):
+    src = tmp_path / "empty.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((32, 32, 32), np.int16), np.eye(4)), src)
+    with pytest.raises(DefaceError, match="empty"):
+        deface_file(src, tmp_path / "out.nii.gz", model=model)
+
+
+def test_output_keeps_header_affine_and_dtype(defaced_small_head):
+    src, out, _ = defaced_small_head
+    before, after = nib.load(src), nib.load(out / "defaced.nii.gz")
+    assert after.get_data_dtype() == before.get_data_dtype()
+    assert np.array_equal(after.affine, before.affine)
+    assert after.header.binaryblock == before.header.binaryblock, "header bytes must not change"
+
+
+def test_only_zeroes_voxels_and_never_inside_the_brain_mask(defaced_small_head):
+    src, out, result = defaced_small_head
+    before = np.asanyarray(nib.load(src).dataobj)
+    after = np.asanyarray(nib.load(out / "defaced.nii.gz").dataobj)
+    brain = np.asanyarray(nib.load(out / "mask.nii.gz").dataobj) > 0
+    changed = before != after
+    assert np.all(after[changed] == 0), "defacing may only set voxels to zero"
+    assert not np.any(changed & brain), "a brain voxel was zeroed"
+    assert result.face_voxels > 10_000, f"only {result.face_voxels} face voxels zeroed"
+    litres = result.brain_voxels * np.prod(nib.load(src).header.get_zooms()[:3]) / 1e6
+    assert 0.8 < litres < 2.0, f"brain volume {litres:.2f} L is not a human brain's"
+
+
+def test_zeroed_region_lies_in_front_of_and_below_the_brain(defaced_small_head):
+    src, out, _ = defaced_small_head
+    img = nib.load(src)
+    after = np.asanyarray(nib.load(out / "defaced.nii.gz").dataobj)
+    zeroed = (np.asanyarray(img.dataobj) != 0) & (after == 0)
+    brain = np.asanyarray(nib.load(out / "mask.nii.gz").dataobj) > 0
+    centre = lambda m: nib.affines.apply_affine(img.affine, np.argwhere(m).mean(0))  # noqa: E731
+    face_c, brain_c = centre(zeroed), centre(brain)
+    assert face_c[1] > brain_c[1] + 30, f"zeroed voxels not anterior: {face_c} vs {brain_c}"
+    assert face_c[2] < brain_c[2], f"zeroed voxels not inferior: {face_c} vs {brain_c}"
+
+
+def test_brain_extracted_image_is_the_input_inside_the_mask(defaced_small_head):
+    src, out, _ = defaced_small_head
+    before = np.asanyarray(nib.load(src).dataobj)
+    brain_img = np.asanyarray(nib.load(out / "brain.nii.gz").dataobj)
+    mask = np.asanyarray(nib.load(out / "mask.nii.gz").dataobj) > 0
+    assert np.array_equal(brain_img[mask], before[mask])
+    assert not brain_img[~mask].any()
+
+
+def test_qc_picture_is_a_two_row_png(defaced_small_head):
+    _, _, result = defaced_small_head
+    assert isinstance(result, DefaceResult) and result.qc_png is not None
+    picture = Image.open(io.BytesIO(result.qc_png))
+    assert picture.format == "PNG" and picture.width == 1.5 * picture.height
+
+
+def test_masks_do_not_depend_on_voxel_axis_order(tmp_path, model, defaced_small_head):
+    src, out, _ = defaced_small_head
+    img = nib.load(src)
+    # Same head, voxel axes permuted and flipped, affine adjusted: the same world object.
+    data = np.asanyarray(img.dataobj)
+    swapped = np.flip(data.transpose(2, 0, 1), axis=1)
+    # new voxel (a, b, c) holds old voxel (n - 1 - b, c, a)
+    index_map = np.array([[0, -1, 0, data.shape[0] - 1], [0, 0, 1, 0], [1, 0, 0, 0],
+                          [0, 0, 0, 1]], float)
+    moved = tmp_path / "moved.nii.gz"
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(swapped), img.affine @ index_map), moved)
+    deface_file(moved, tmp_path / "d.nii.gz", brain_mask=tmp_path / "m.nii.gz", qc=False,
+                model=model)
+    mask_moved = np.asanyarray(nib.load(tmp_path / "m.nii.gz").dataobj) > 0
+    mask_back = np.flip(mask_moved, axis=1).transpose(1, 2, 0)
+    mask = np.asanyarray(nib.load(out / "mask.nii.gz").dataobj) > 0
+    dice = 2 * (mask & mask_back).sum() / (mask.sum() + mask_back.sum())
+    assert dice > 0.97, f"brain masks differ after reorientation: Dice {dice:.3f}"
+
+
+def test_resampler_matches_scipy_inside_the_volume():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    volume = rng.random((12, 14, 16)).astype(np.float32)
+    out_to_in = np.array([[0.9, 0.1, 0, 1], [0, 1.1, 0.05, 0.5], [0.02, 0, 0.8, -0.5], [0, 0, 0, 1]])
+    ours = _resample(torch.as_tensor(volume)[None], out_to_in, (9, 10, 12))[0].numpy()
+    ref = ndimage.affine_transform(volume, out_to_in, order=1, output_shape=(9, 10, 12))
+    inside = ndimage.affine_transform(np.ones_like(volume), out_to_in, order=0,
+                                      output_shape=(9, 10, 12), cval=0) > 0
+    inside = ndimage.binary_erosion(inside)
+    assert np.allclose(ours[inside], ref[inside], atol=1e-5)

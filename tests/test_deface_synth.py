@@ -1,0 +1,51 @@
+"""Synthetic training pairs: shapes, ranges and label-driven targets."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bidsdeid.deface.atlas import CSF, FIRST_HEAD_LABEL, GM, WM, AtlasHead
+from bidsdeid.deface.grid import normalise_intensity
+from bidsdeid.deface.synth import synthesise, to_torch_head
+
+
+def toy_head() -> AtlasHead:
+    """A 2 mm ball head: brain ball inside a scalp shell, a face block in front-below."""
+    n = 110
+    ijk = np.indices((n, n, n)).transpose(1, 2, 3, 0) - n / 2
+    r = np.linalg.norm(ijk * [1.0, 0.85, 0.9], axis=-1)
+    labels = np.zeros((n, n, n), np.uint8)
+    labels[r < 48] = FIRST_HEAD_LABEL
+    labels[r < 42] = CSF
+    labels[r < 38] = GM
+    labels[r < 30] = WM
+    face = (ijk[..., 1] > 25) & (ijk[..., 2] < -5)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = -n
+    return AtlasHead("toy", np.zeros(0, np.float32), labels, face & (labels < WM), affine)
+
+
+def test_sample_has_normalised_image_and_fraction_targets():
+    sample = synthesise(to_torch_head(toy_head()), np.random.default_rng(1))
+    n = sample.image.shape[-1]
+    assert sample.image.shape == (1, n, n, n) and sample.target.shape == (2, n, n, n)
+    assert 0 <= sample.image.min() and sample.image.max() <= 1.5
+    assert 0 <= sample.target.min() and sample.target.max() <= 1
+    assert set(torch.unique(sample.valid).tolist()) <= {0.0, 1.0}
+
+
+def test_brain_target_follows_the_brain_labels():
+    head = toy_head()
+    brain_share = np.isin(head.labels, [WM, GM, CSF]).mean()
+    rng = np.random.default_rng(2)
+    shares = [synthesise(to_torch_head(head), rng).target[0].mean().item() for _ in range(3)]
+    assert all(s > 0 for s in shares), f"no brain in samples: {shares}"
+    assert max(shares) > brain_share, "samples zoom in on the head, so brain share rises"
+
+
+def test_normalise_intensity_maps_the_99th_percentile_to_one():
+    image = torch.linspace(0, 200, 10_001)
+    out = normalise_intensity(image)
+    assert abs(torch.quantile(out[out > 0], 0.99).item() - 1.0) < 0.02
+    assert out.max() <= 1.5
