@@ -1,7 +1,8 @@
 """Writing the BIDS dataset: dataset files, participants.tsv, scans.tsv, placing images.
 
 Shared files (participants.tsv, dataset_description.json) are updated under a file lock and
-replaced atomically, so many participant jobs can write into one OUTPUT_DIR at once.
+replaced atomically, so many participant jobs can write into one OUTPUT_DIR at once. The lock
+files live in the private dir (shared by those jobs), so the dataset holds no lock clutter.
 """
 
 from __future__ import annotations
@@ -69,10 +70,10 @@ def generated_by() -> list[dict[str, str]]:
              "Description": "DICOM to BIDS conversion with de-identification"}]
 
 
-def ensure_dataset_files(output_dir: Path, name: str = "De-identified dataset") -> None:
+def ensure_dataset_files(output_dir: Path, lock_dir: Path, name: str = "De-identified dataset") -> None:
     """dataset_description.json, README, CHANGES, .bidsignore, participants.json; idempotent."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(output_dir / ".bidsdeid.lock")):
+    with FileLock(str(lock_dir / "dataset.lock"), mode=0o600):
         _write_if_changed(output_dir / "dataset_description.json", _json_text({
             "Name": name, "BIDSVersion": BIDS_VERSION, "DatasetType": "raw",
             "GeneratedBy": generated_by(),
@@ -92,10 +93,10 @@ def ensure_dataset_files(output_dir: Path, name: str = "De-identified dataset") 
         }))
 
 
-def upsert_participant(output_dir: Path, row: Mapping[str, str]) -> None:
+def upsert_participant(output_dir: Path, lock_dir: Path, row: Mapping[str, str]) -> None:
     """Add or replace one participant's row in participants.tsv, sorted by label, under a lock."""
     path = output_dir / "participants.tsv"
-    with FileLock(str(output_dir / ".participants.lock")):
+    with FileLock(str(lock_dir / "participants.lock"), mode=0o600):
         rows: dict[str, dict[str, str]] = {}
         if path.exists():
             with path.open(newline="", encoding="utf-8") as fh:

@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -107,7 +108,7 @@ def run(
         cfg = build_config(cli_values, config)
         _check_paths(cfg)
     except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(EXIT_USAGE) from None
     if cfg.analysis_level == "group":
         from bidsdeid.group import run_group
@@ -117,22 +118,23 @@ def run(
 
 
 def _participant(cfg: RunConfig) -> int:
+    from bidsdeid.convert import ConvertError
     from bidsdeid.pipeline import plan_lines, prepare, run_participants
 
     try:
         private, found, subjects = prepare(cfg)
-    except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    except (ValueError, FileNotFoundError, ConvertError) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         return EXIT_USAGE
     if cfg.list_participants:
         for subject in subjects:
             print(subject.label)
         return EXIT_OK
     for failure in found.failures:
-        console.print(f"[red]ERROR[/red] {failure.path}: {failure.reason}", soft_wrap=True)
+        _print_failure(failure)
     if cfg.verbose:
         for skipped in found.skipped:
-            console.print(f"[dim]skipped {skipped.path}: {skipped.reason}[/dim]", soft_wrap=True)
+            console.print(f"[dim]skipped {escape(str(skipped.path))}: {skipped.reason}[/dim]", soft_wrap=True)
     if cfg.dry_run:
         for line in plan_lines(subjects):
             print(line)
@@ -146,14 +148,21 @@ def _participant(cfg: RunConfig) -> int:
         task = bar.add_task("converting series", total=total)
         summary = run_participants(cfg, private, found, subjects,
                                    progress=lambda _: bar.advance(task))
-    for failure in summary.failures[len(found.failures):]:
-        console.print(f"[red]ERROR[/red] {failure.path}: {failure.reason}", soft_wrap=True)
+    for failure in summary.failures:
+        if failure not in found.failures:
+            _print_failure(failure)
     if cfg.verify:
         from bidsdeid.group import verify_subjects
 
         summary.leaks = verify_subjects(cfg, private, summary.subjects, console)
     _print_summary(cfg, found, summary)
     return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+def _print_failure(failure) -> None:
+    """One line per failed input: the file and the reason (console only, never OUTPUT_DIR)."""
+    console.print(f"[red]ERROR[/red] {escape(str(failure.path))}: {escape(failure.reason)}",
+                  soft_wrap=True)
 
 
 def _print_summary(cfg: RunConfig, found, summary) -> None:

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +27,13 @@ class Dcm2niixOutput:
 
 
 def dcm2niix_executable() -> str:
-    """The PyPI dcm2niix next to this interpreter, else the one on PATH."""
-    beside = Path(sys.executable).parent / "dcm2niix"
-    found = str(beside) if beside.exists() else shutil.which("dcm2niix")
+    """The binary shipped by the dcm2niix PyPI package (newer than Debian's), else PATH's."""
+    try:
+        import dcm2niix
+    except ImportError:
+        found = shutil.which("dcm2niix")
+    else:
+        found = dcm2niix.bin if Path(dcm2niix.bin).exists() else shutil.which("dcm2niix")
     if not found:
         raise ConvertError("dcm2niix not found (install the dcm2niix PyPI package)")
     return found

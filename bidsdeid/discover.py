@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import struct
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
@@ -170,6 +170,35 @@ def read_header(path: Path) -> Dataset:
     return ds
 
 
+def _instance_number(ds: Dataset) -> int:
+    try:
+        return int(ds.get("InstanceNumber", 0) or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def tiff_problem(path: Path) -> str | None:
+    """Why a TIFF file is broken (unreadable directories, image data past its end), or None.
+
+    Only directories and offsets are read, never pixels: a truncated slide is named as broken
+    instead of being skipped as "not a slide".
+    """
+    import tifffile
+
+    try:
+        size = path.stat().st_size
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # tifffile only warns about a cut-off page chain
+            with tifffile.TiffFile(path) as tif:
+                for page in tif.pages:
+                    ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts)]
+                    if ends and max(ends) > size:
+                        return "broken TIFF (image data past the end of the file)"
+    except Exception as exc:  # noqa: BLE001 - tifffile raises many types on hostile bytes
+        return f"broken TIFF ({type(exc).__name__})"
+    return None
+
+
 def _is_slide_candidate(path: Path, head: bytes) -> bool:
     return path.suffix.lower() in _SLIDE_SUFFIXES or head[:4] in _TIFF_MAGICS
 
@@ -205,8 +234,11 @@ def discover(input_dir: Path, follow_symlinks: bool = False) -> Discovery:
             except WsiError as exc:
                 found.failures.append(Failure(path, "discover", exc.reason))
                 continue
+            problem = None if is_slide or head[:4] not in _TIFF_MAGICS else tiff_problem(path)
             if is_slide:
                 found.slides.append(path)
+            elif problem:
+                found.failures.append(Failure(path, "discover", problem))
             elif path.suffix.lower() == ".dcm":
                 found.failures.append(Failure(path, "discover", "named .dcm but not DICOM"))
             else:
@@ -214,30 +246,28 @@ def discover(input_dir: Path, follow_symlinks: bool = False) -> Discovery:
             continue
         try:
             ds = read_header(path)
-        except (InvalidDicomError, OSError, EOFError, ValueError, struct.error, KeyError,
-                TypeError, AttributeError, OverflowError, MemoryError) as exc:
+            sop_class = str(ds.get("SOPClassUID", "")
+                            or getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", ""))
+            if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+                found.skipped.append(SkippedFile(path, "DICOMDIR index"))
+                continue
+            if sop_class == WSI_SOP_CLASS:
+                found.slides.append(path)
+                continue
+            study = str(ds.get("StudyInstanceUID", "") or "")
+            series = str(ds.get("SeriesInstanceUID", "") or "")
+            if not study or not series:
+                found.failures.append(Failure(path, "discover",
+                                              "missing Study/SeriesInstanceUID (Type 1)"))
+                continue
+            key = (patient_key(ds), study, series)
+            number = _instance_number(ds)
+            if key not in first_header:  # decodes every element: done once per series
+                first_header[key] = header_summary(ds)
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types on hostile bytes
             found.failures.append(Failure(path, "discover", _failure_reason(path, exc)))
             continue
-        sop_class = str(ds.get("SOPClassUID", "") or getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", ""))
-        if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
-            found.skipped.append(SkippedFile(path, "DICOMDIR index"))
-            continue
-        if sop_class == WSI_SOP_CLASS:
-            found.slides.append(path)
-            continue
-        study = str(ds.get("StudyInstanceUID", "") or "")
-        series = str(ds.get("SeriesInstanceUID", "") or "")
-        if not study or not series:
-            found.failures.append(Failure(path, "discover", "missing Study/SeriesInstanceUID (Type 1)"))
-            continue
-        key = (patient_key(ds), study, series)
-        try:
-            number = int(ds.get("InstanceNumber", 0) or 0)
-        except (TypeError, ValueError):
-            number = 0
         groups.setdefault(key, []).append((number, path))
-        if key not in first_header:
-            first_header[key] = header_summary(ds)
     for key, members in groups.items():
         members.sort()
         header = dict(first_header[key], NumberOfFiles=len(members))

@@ -45,11 +45,14 @@ def atomic_copy(src: Path, dst: Path, mode: int = 0o644) -> None:
         raise
 
 
-def remove_stale_temps(root: Path) -> int:
-    """Delete ``.*.tmp`` leftovers of an interrupted run under ``root``; returns how many."""
+def remove_stale_temps(root: Path, pattern: str = ".*.tmp") -> int:
+    """Delete temp-file leftovers of an interrupted run under ``root``; returns how many.
+
+    Only call it on folders no other live job writes into (a subject's own folders).
+    """
     count = 0
     if root.exists():
-        for tmp in root.rglob(".*.tmp"):
+        for tmp in root.rglob(pattern):
             tmp.unlink(missing_ok=True)
             count += 1
     return count

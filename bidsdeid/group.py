@@ -7,6 +7,7 @@ summary, and the HTML report. Leaks and validator errors give exit code 1.
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 
 from bidsdeid.config import RunConfig
 from bidsdeid.privatedir import PrivateDir, default_private_dir
@@ -22,7 +23,7 @@ def verify_subjects(cfg: RunConfig, private: PrivateDir, labels: list[str], cons
 
     leaks = scan_output(cfg.output_dir, private.load_identifiers(), subjects=labels)
     for line in format_leaks(leaks, cfg.show_values):
-        console.print(f"[red]LEAK[/red] {line}", soft_wrap=True)
+        console.print(f"[red]LEAK[/red] {escape(line)}", soft_wrap=True)
     return len(leaks)
 
 
@@ -32,22 +33,24 @@ def run_group(cfg: RunConfig, console: Console) -> int:
     from bidsdeid.verify import format_leaks, scan_output
 
     if not (cfg.output_dir / "dataset_description.json").exists():
-        console.print(f"[red]error:[/red] {cfg.output_dir} is not a BIDS dataset (no dataset_description.json)")
+        console.print(f"[red]error:[/red] {escape(str(cfg.output_dir))} is not a BIDS dataset "
+                      "(no dataset_description.json)")
         return 2
     try:
         identifiers = _private(cfg).load_identifiers()
     except FileNotFoundError as exc:
-        console.print(f"[red]error:[/red] {exc}: the group stage needs the private dir of the run")
+        console.print(f"[red]error:[/red] {escape(str(exc))}: the group stage needs the private "
+                      "dir of the run")
         return 2
     leaks = scan_output(cfg.output_dir, identifiers)
     for line in format_leaks(leaks, cfg.show_values):
-        console.print(f"[red]LEAK[/red] {line}", soft_wrap=True)
+        console.print(f"[red]LEAK[/red] {escape(line)}", soft_wrap=True)
     validators = [run_bids_validator(cfg.output_dir), run_bids_validator_deno(cfg.output_dir)]
     for result in validators:
         state = f"{result.errors} errors, {result.warnings} warnings" if result.ran else "not run"
         console.print(f"{result.tool} {result.version}: {state}")
         for message in result.messages[: 20 if cfg.verbose else 5]:
-            console.print(f"  {message}", soft_wrap=True)
+            console.print(f"  {escape(message)}", soft_wrap=True)
     summary = layout_summary(cfg.output_dir)
     report = write_report(cfg.output_dir, leaks, validators, summary)
     console.print(f"residual identifiers: {len(leaks)}; report: {report}")

@@ -22,7 +22,8 @@ import pydicom
 from bidsdeid import bids
 from bidsdeid.audit import PrivateLog, SubjectAudit, software_versions, write_subject_audit
 from bidsdeid.config import RunConfig
-from bidsdeid.convert import ConvertError, dcm2niix_version, name_outputs, read_sidecar, run_dcm2niix
+from bidsdeid.convert import (ConvertError, dcm2niix_executable, dcm2niix_version, name_outputs,
+                              read_sidecar, run_dcm2niix)
 from bidsdeid.deid.apply import DeidError, ScrubContext, ScrubStats, scrub_file, subject_identifiers
 from bidsdeid.deid.options import DeidOptions
 from bidsdeid.discover import discover, read_header
@@ -31,7 +32,7 @@ from bidsdeid.heuristics import Heuristic, assign_targets, load_heuristic
 from bidsdeid.privatedir import PrivateDir, default_private_dir, read_label_mapping
 from bidsdeid.rawdata.assign import RawCandidate, identify_raw_files, read_slide_mapping, session_for
 from bidsdeid.records import BidsTarget, Discovery, Failure, RawFile, Series, Session, Subject
-from bidsdeid.sanitize import (SanitizeStats, load_sidecar_policy, sanitize_nifti,
+from bidsdeid.sanitize import (SanitizeError, SanitizeStats, load_sidecar_policy, sanitize_nifti,
                                sanitize_sidecar_file)
 
 ANAT_DEFACE_SUFFIXES = {"T1w", "T2w", "FLAIR", "PD", "PDw", "T2starw", "inplaneT1", "inplaneT2",
@@ -180,14 +181,45 @@ def _redact_series(job: SeriesJob, files: list[Path], outcome: SeriesOutcome) ->
     return True
 
 
+class _StageError(Exception):
+    """A stage refused a series; the message is the one-line, identifier-free reason."""
+
+
 def _deface(job: SeriesJob, item: ProducedFile, out_dir: Path) -> None:
-    from bidsdeid.deface import deface_file
+    from bidsdeid.deface import DefaceError, deface_file
 
     defaced = out_dir / f"defaced_{item.nifti.name}"
     mask = out_dir / f"mask_{item.nifti.name}" if job.skull_strip in ("mask", "both") else None
     brain = out_dir / f"brain_{item.nifti.name}" if job.skull_strip in ("brain", "both") else None
-    result = deface_file(item.nifti, defaced, brain_mask=mask, brain_extracted=brain, qc=True)
+    try:
+        result = deface_file(item.nifti, defaced, brain_mask=mask, brain_extracted=brain, qc=True)
+    except DefaceError as exc:  # a face must never be released: the series is excluded
+        raise _StageError(f"defacing failed: {exc}") from exc
     item.nifti, item.brain_mask, item.brain_image, item.qc_png = defaced, mask, brain, result.qc_png
+
+
+def _convert_and_sanitize(job: SeriesJob, dicom_dir: Path, nifti_dir: Path,
+                          outcome: SeriesOutcome) -> None:
+    try:
+        outputs, messages = run_dcm2niix(dicom_dir, nifti_dir)
+        outcome.log.append(messages)
+        targets = name_outputs(job.series.target, [read_sidecar(o) for o in outputs])
+    except ConvertError as exc:
+        raise _StageError(f"conversion failed: {exc}") from exc
+    policy = load_sidecar_policy()
+    for output, target in zip(outputs, targets):
+        try:
+            if output.sidecar is not None:
+                outcome.sidecar_actions.merge(sanitize_sidecar_file(
+                    output.sidecar, policy, job.options, job.scrub.date_shift_days,
+                    job.scrub.identifiers))
+            sanitize_nifti(output.nifti)
+        except SanitizeError as exc:
+            raise _StageError(f"sanitizing failed: {exc}") from exc
+        item = ProducedFile(target, output.nifti, output.sidecar, output.extras)
+        if job.deface and target.datatype == "anat" and target.suffix in ANAT_DEFACE_SUFFIXES:
+            _deface(job, item, nifti_dir)
+        outcome.produced.append(item)
 
 
 def process_series(job: SeriesJob) -> SeriesOutcome:
@@ -200,30 +232,15 @@ def process_series(job: SeriesJob) -> SeriesOutcome:
     try:
         files = _scrub_series(job, dicom_dir, outcome)
         if not files:
-            outcome.excluded = "no file of the series could be de-identified"
-            return outcome
+            raise _StageError("no file of the series could be de-identified")
         if not _redact_series(job, files, outcome):
             return outcome
         outcome.acq_time = acq_time_of(read_header(files[0]))
-        outputs, messages = run_dcm2niix(dicom_dir, nifti_dir)
-        outcome.log.append(messages)
-        sidecars = [read_sidecar(o) for o in outputs]
-        targets = name_outputs(job.series.target, sidecars)
-        policy = load_sidecar_policy()
-        for output, target in zip(outputs, targets):
-            if output.sidecar is not None:
-                outcome.sidecar_actions.merge(sanitize_sidecar_file(
-                    output.sidecar, policy, job.options, job.scrub.date_shift_days,
-                    job.scrub.identifiers))
-            sanitize_nifti(output.nifti)
-            item = ProducedFile(target, output.nifti, output.sidecar, output.extras)
-            if job.deface and target.datatype == "anat" and target.suffix in ANAT_DEFACE_SUFFIXES:
-                _deface(job, item, nifti_dir)
-            outcome.produced.append(item)
-    except ConvertError as exc:
-        outcome.excluded = f"conversion failed: {exc}"
+        _convert_and_sanitize(job, dicom_dir, nifti_dir, outcome)
+    except _StageError as exc:
+        outcome.excluded, outcome.produced = str(exc), []
     except Exception as exc:  # noqa: BLE001 - one series must not stop the participant
-        outcome.excluded = f"internal error ({type(exc).__name__})"
+        outcome.excluded, outcome.produced = f"internal error ({type(exc).__name__})", []
         outcome.log.append(traceback.format_exc())
     return outcome
 
@@ -399,6 +416,10 @@ def run_subject(cfg: RunConfig, subject: Subject, private: PrivateDir, work_root
                 progress: Callable[[str], None] = lambda _: None) -> RunSummary:
     summary = RunSummary(subjects=[subject.label])
     audit = SubjectAudit(subject.label)
+    for folder, pattern in ((cfg.output_dir / f"sub-{subject.label}", ".*.tmp"),
+                            (cfg.output_dir / "sourcedata" / f"sub-{subject.label}", ".*.tmp"),
+                            (cfg.output_dir / bids.DERIVATIVES, f".sub-{subject.label}_*.tmp")):
+        remove_stale_temps(folder, pattern)  # leftovers of a killed run of this subject
     subject.identifiers = _collect_identifiers(subject)
     for raw in subject.raw:
         subject.identifiers |= raw.identifiers
@@ -472,7 +493,7 @@ def run_subject(cfg: RunConfig, subject: Subject, private: PrivateDir, work_root
     for failure in _clean_raw_files(cfg, subject, private, scrub, audit):
         summary.failures.append(failure)
         audit.add_failure(private, failure)
-    bids.upsert_participant(cfg.output_dir, participant_row(subject, cfg.deid))
+    bids.upsert_participant(cfg.output_dir, private.lock_dir, participant_row(subject, cfg.deid))
     audit_options = {"deid": cfg.deid.describe(), "heuristic": Path(cfg.heuristic).name,
                      "deface": cfg.deface, "skull_strip": cfg.skull_strip, "redact": cfg.redact}
     write_subject_audit(cfg.output_dir, audit, audit_options, versions)
@@ -488,6 +509,8 @@ def open_private(cfg: RunConfig) -> PrivateDir:
 
 def prepare(cfg: RunConfig) -> tuple[PrivateDir, Discovery, list[Subject]]:
     """Discover and plan. A dry run writes nothing; listing participants only creates the key."""
+    if not (cfg.dry_run or cfg.list_participants):
+        dcm2niix_executable()  # fail now, not after discovery, when it is missing
     private = _peek_private(cfg) if cfg.dry_run else open_private(cfg)
     heuristic = load_heuristic(cfg.heuristic)
     mapping = read_label_mapping(cfg.label_mapping) if cfg.label_mapping else None
@@ -514,8 +537,7 @@ def _peek_private(cfg: RunConfig) -> PrivateDir:
 def run_participants(cfg: RunConfig, private: PrivateDir, found: Discovery, subjects: list[Subject],
                      progress: Callable[[str], None] = lambda _: None) -> RunSummary:
     summary = RunSummary(failures=list(found.failures))
-    bids.ensure_dataset_files(cfg.output_dir)
-    remove_stale_temps(cfg.output_dir)
+    bids.ensure_dataset_files(cfg.output_dir, private.lock_dir)
     log = PrivateLog(private, "participant")
     for failure in found.failures:
         log.write(f"discover failure: {failure.path}: {failure.reason}")

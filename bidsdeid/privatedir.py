@@ -25,6 +25,7 @@ SUBJECTS_FILE = "subjects.tsv"
 SESSIONS_FILE = "sessions.tsv"
 IDENTIFIERS_DIR = "identifiers"
 LOG_DIR = "logs"
+LOCK_DIR = "locks"
 
 # Shift dates back 110-120 years in whole weeks (weekday kept), so that acquisition dates land in
 # 1925 or earlier as BIDS recommends for scans.tsv acq_time.
@@ -97,8 +98,15 @@ class PrivateDir:
 
     # --- mapping tables (locked, atomic) -------------------------------------------------------
 
+    @property
+    def lock_dir(self) -> Path:
+        """Lock files for everything shared between jobs, the output dataset's files included."""
+        folder = self.root / LOCK_DIR
+        folder.mkdir(mode=0o700, exist_ok=True)
+        return folder
+
     def _lock(self, name: str) -> FileLock:
-        return FileLock(str(self.root / f".{name}.lock"))
+        return FileLock(str(self.lock_dir / f"{name}.lock"), mode=0o600)
 
     def _read_tsv(self, name: str) -> list[dict[str, str]]:
         path = self.root / name

@@ -57,8 +57,13 @@ def make_masker(leaks: Iterable[Leak]) -> Callable[[str], str]:
     return lambda text: pattern.sub(lambda m: f"<{kinds[m.group().casefold()]}>", text)
 
 
-def qc_category(stem: str) -> str:
-    """Which report section a QC picture belongs to, from the name the pipeline gives it."""
+def qc_category(stem: str) -> str | None:
+    """Report section of a QC picture, from the name the pipeline gives it; None: never shown.
+
+    Pictures of the unredacted originals would republish burned-in text, so they stay out.
+    """
+    if stem.endswith(("_unredacted", "_original")):
+        return None
     if stem.endswith("_deface"):
         return "defacing"
     if stem.endswith("_redacted"):
@@ -108,17 +113,25 @@ class _Page:
         )
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def _summary_section(
     page: _Page, leaks: list[Leak], validators: list[ValidatorResult], summary: Mapping[str, Any]
 ) -> str:
-    cards = [("fail" if leaks else "pass", f"{len(leaks)} hits", "residual-identifier scan")]
+    cards = [("fail" if leaks else "pass", _count(len(leaks), "hit"), "residual-identifier scan")]
     for result in validators:
         if not result.ran:
             cards.append(("skip", "not run", result.tool))
         else:
             cls = "fail" if result.errors else "pass"
             cards.append(
-                (cls, f"{result.errors} errors", f"{result.tool} ({result.warnings} warnings)")
+                (
+                    cls,
+                    _count(result.errors, "error"),
+                    f"{result.tool} ({_count(result.warnings, 'warning')})",
+                )
             )
     if "error" in summary:
         cards.append(("fail", "pybids failed", "dataset index"))
@@ -225,10 +238,14 @@ def _participant_block(
         ("header_actions", "DICOM header actions"),
         ("sidecar_actions", "JSON sidecar actions"),
     ):
-        if audit.get(key):
+        if audit.get(key):  # long tables: folded
+            table = page.table(["action", "count"], audit[key].items())
             parts.append(
-                f"<p><b>{title}</b></p>" + page.table(["action", "count"], audit[key].items())
+                f"<details><summary>{title} ({len(audit[key])})</summary>{table}</details>"
             )
+    if audit.get("options"):
+        options = page.text(json.dumps(audit["options"], indent=1, sort_keys=True))
+        parts.append(f"<details><summary>Options</summary><pre>{options}</pre></details>")
     if audit.get("sourcedata"):
         parts.append("<p><b>sourcedata</b></p>" + _series_table(page, audit["sourcedata"]))
     if audit.get("failures"):
@@ -331,11 +348,14 @@ def read_qc_pictures(output_dir: Path) -> list[QcPicture]:
     pictures = []
     for path in sorted((output_dir / DERIVATIVES / "qc").glob("sub-*/*.png")):
         label = path.parent.name.removeprefix("sub-")
+        category = qc_category(path.stem)
+        if category is None:
+            continue
         try:
             uri = png_data_uri(path)
         except OSError:
             continue  # unreadable picture: the report lists the participant without it
-        pictures.append(QcPicture(label, qc_category(path.stem), path.stem, uri))
+        pictures.append(QcPicture(label, category, path.stem, uri))
     return pictures
 
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections import Counter
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +171,10 @@ def run_bids_validator_deno(output_dir: Path, timeout: float = _TIMEOUT_S) -> Va
         return _not_run(
             tool, "not run: bids-validator-deno not installed (pip install bids-validator-deno)"
         )
-    version = _version(command)
+    try:  # the binary's --version sometimes prints a build hash instead
+        version = metadata.version("bids-validator-deno")
+    except metadata.PackageNotFoundError:
+        version = _version(command)
     try:
         done = _run([*command, "--format", "json", str(output_dir)], timeout)
         report = json.loads(done.stdout)
@@ -182,6 +186,8 @@ def run_bids_validator_deno(output_dir: Path, timeout: float = _TIMEOUT_S) -> Va
         reason = (_ANSI.sub("", done.stderr).strip().splitlines() or ["no output"])[-1]
         return ValidatorResult(tool, version, 1, 0, (f"ERROR validator failed: {reason}",), True)
     errors, warnings, messages = parse_deno_report(report)
+    if schema := report.get("summary", {}).get("schemaVersion"):
+        version += f" (schema {schema})"
     return ValidatorResult(tool, version, errors, warnings, messages, ran=True)
 
 

@@ -9,7 +9,9 @@ in ``Leak.value`` for the console only and never in ``path``/``location``/``kind
 Two kinds of search, because the files differ:
 
 - *token search* on text (paths, JSON values, TSV cells, header fields, log lines): whole
-  values and name parts of 3+ characters, case-insensitive, not inside a longer word;
+  values and their parts of 3+ characters (numbers: 5+ digits; ordinary words such as the
+  "Way" of an address only within the whole value), case-insensitive, not inside a longer
+  word or number;
 - *byte search* on the whole (gzip-decompressed, streamed) content of every file, including
   voxel and raw data: whole values of 5+ characters and name orders ("Doe^John", "JOHN DOE"),
   as ASCII/UTF-8 and UTF-16. Shorter parts would match random binary data by chance.
@@ -38,37 +40,15 @@ from bidsdeid.deid.text import identifier_tokens
 
 _CHUNK = 4 << 20
 _MIN_BYTE_VALUE = 5  # shortest value searched in binary content (see module docstring)
+_MIN_DIGITS = 5  # shorter numbers ("+44", "1632") are ordinary sidecar and table values
 _NAME_SEPARATORS = r"[\s^,._-]{0,3}"
-_TEXT_SUFFIXES = {
-    ".bval",
-    ".bvec",
-    ".csv",
-    ".html",
-    ".htm",
-    ".log",
-    ".md",
-    ".txt",
-    ".svg",
-    ".xml",
-    ".rst",
-    ".cfg",
-    ".ini",
-    ".toml",
-    ".yaml",
-    ".yml",
-}
-_TEXT_NAMES = {"README", "CHANGES", "LICENSE", ".bidsignore"}
-_TIFF_SUFFIXES = {
-    ".tif",
-    ".tiff",
-    ".svs",
-    ".ndpi",
-    ".scn",
-    ".bif",
-    ".qptiff",
-    ".ome.tif",
-    ".ome.tiff",
-}
+# a number-like identifier must not sit inside a longer number, a decimal or a word
+_NUMBER_BEFORE = r"(?<![\w.,])"
+_NUMBER_AFTER = r"(?![\w]|[.,]\d)"
+_TEXT_SUFFIXES = frozenset({".bval", ".bvec", ".csv", ".html", ".htm", ".log", ".md", ".txt",
+                            ".svg", ".xml", ".rst", ".cfg", ".ini", ".toml", ".yaml", ".yml"})
+_TEXT_NAMES = frozenset({"README", "CHANGES", "LICENSE", ".bidsignore"})
+_TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".scn", ".bif", ".qptiff")
 _DATA_URI = re.compile(r"data:[\w/+.-]+;base64,[A-Za-z0-9+/=\s]+")
 
 
@@ -83,6 +63,11 @@ class Leak:
 
 
 # --- identifier patterns (pure) ------------------------------------------------------------------
+
+
+def _is_number_like(text: str) -> bool:
+    """True for values without letters (IDs, dates, phone numbers, UIDs): digit boundaries."""
+    return not any(c.isalpha() for c in text)
 
 
 def _normalise(text: str) -> str:
@@ -127,8 +112,9 @@ class IdentifierIndex:
 
     @classmethod
     def build(cls, identifiers: Mapping[str, set[str]]) -> IdentifierIndex:
+        common_words = ScanPolicy.load().common_words
         kinds: dict[str, str] = {}
-        text_alternatives: dict[str, None] = {}  # ordered set
+        text_alternatives: dict[str, None] = {}  # ordered set of regex sources
         byte_alternatives: dict[str, str] = {}  # regex source -> text every match starts with
         for label in sorted(identifiers):
             for number, value in enumerate(sorted(identifiers[label]), start=1):
@@ -136,10 +122,16 @@ class IdentifierIndex:
                 kind = f"identifier #{number} of sub-{label}"
                 wholes = [value, *_date_variants(value)]
                 for token in identifier_tokens(wholes):
+                    if _is_number_like(token) and sum(c.isdigit() for c in token) < _MIN_DIGITS:
+                        continue  # "+44", "1632": ordinary numbers in sidecars and tables
+                    if token not in wholes and token.casefold() in common_words:
+                        continue  # "Way" of "12 Orrin Way": searched within the whole only
                     kinds.setdefault(_normalise(token), kind)
                     text_alternatives[re.escape(token)] = None
                 for whole in wholes:
-                    if len(whole) >= _MIN_BYTE_VALUE:
+                    if len(whole) >= _MIN_BYTE_VALUE and not (
+                        _is_number_like(whole) and sum(c.isdigit() for c in whole) < _MIN_DIGITS
+                    ):
                         byte_alternatives[re.escape(whole)] = whole
                 for order in _name_orders(_name_parts(value)):
                     kinds.setdefault(_normalise("".join(order)), kind)
@@ -155,9 +147,18 @@ class IdentifierIndex:
                             byte_alternatives[re.escape(literal)] = literal
         text_pattern = None
         if text_alternatives:
-            # Longest first, so "Doe^John" is named before "Doe"; no letter/digit may continue it.
-            body = "|".join(sorted(text_alternatives, key=len, reverse=True))
-            text_pattern = re.compile(rf"(?<![^\W_])(?:{body})(?![^\W_])", re.IGNORECASE)
+            # Longest first, so "Doe^John" is named before "Doe". Words must not continue into
+            # letters or digits; numbers must not be part of a longer number or a decimal.
+            words = [a for a in text_alternatives if not _is_number_like(a)]
+            numbers = [a for a in text_alternatives if _is_number_like(a)]
+            groups = []
+            if words:
+                body = "|".join(sorted(words, key=len, reverse=True))
+                groups.append(rf"(?<![^\W_])(?:{body})(?![^\W_])")
+            if numbers:
+                body = "|".join(sorted(numbers, key=len, reverse=True))
+                groups.append(rf"{_NUMBER_BEFORE}(?:{body}){_NUMBER_AFTER}")
+            text_pattern = re.compile("|".join(groups), re.IGNORECASE)
         return cls(kinds, text_pattern, ByteSearch.build(byte_alternatives))
 
     def find_text(self, text: str) -> Iterator[tuple[str, str]]:
@@ -215,10 +216,12 @@ class ByteSearch:
             reach = max(reach, 4 * len(source) + 8)  # UTF-16 doubles; separators take <= 6 bytes
             for rank, encoding in enumerate(_ENCODINGS):
                 if encoding == "utf-8":
-                    body = source.encode("utf-8")
-                    pattern = re.compile(
-                        rb"(?<![A-Za-z0-9])(?:" + body + rb")(?![A-Za-z0-9])", re.IGNORECASE
+                    before, after = (
+                        (_NUMBER_BEFORE, _NUMBER_AFTER)
+                        if _is_number_like(start)
+                        else (r"(?<![A-Za-z0-9])", r"(?![A-Za-z0-9])")
                     )
+                    pattern = re.compile(f"{before}(?:{source}){after}".encode(), re.IGNORECASE)
                 else:
                     pattern = re.compile(_utf16_source(source, encoding))
                 # bytes.lower() folds ASCII only: other letters as written and in either case
@@ -337,6 +340,7 @@ def generic_hits(text: str) -> list[tuple[str, str]]:
 class ScanPolicy:
     generic_excluded_top: frozenset[str]
     generic_exempt_fields: frozenset[str]
+    common_words: frozenset[str]
 
     @classmethod
     @cache
@@ -346,6 +350,7 @@ class ScanPolicy:
         return cls(
             frozenset(data["generic_scope"]["excluded_top_folders"]),
             frozenset(data["generic_exempt_json_fields"]["fields"]),
+            frozenset(w.casefold() for w in data["common_words"]["words"]),
         )
 
     def generic_applies(self, relpath: str) -> bool:
@@ -517,6 +522,15 @@ def _scan_twix(path: Path, index: IdentifierIndex) -> tuple[list[Hit], list[tupl
     return hits, regions
 
 
+def _region_locator(regions: list[tuple[str, int, int]], other: str) -> Callable[[int], str]:
+    """Name of the region holding a byte offset, else ``"<other> byte N"``."""
+
+    def locate(offset: int) -> str:
+        return next((n for n, s, e in regions if s <= offset < e), f"{other} byte {offset}")
+
+    return locate
+
+
 def _scan_tiff(path: Path, index: IdentifierIndex) -> Iterator[Hit]:
     import tifffile
 
@@ -646,7 +660,7 @@ def _file_hits(path: Path, relpath: str, index: IdentifierIndex, policy: ScanPol
     lower = name.lower()
     generic = policy.generic_applies(relpath)
     hits: list[Hit] = []
-    locate = None
+    locate: Callable[[int], str] | None = None
     if lower.endswith((".nii", ".nii.gz")):
         nifti_hits, layout = _scan_nifti(path, index, generic)
         hits += nifti_hits
@@ -658,12 +672,10 @@ def _file_hits(path: Path, relpath: str, index: IdentifierIndex, policy: ScanPol
     elif lower.endswith(".dat"):
         twix_hits, regions = _scan_twix(path, index)
         hits += twix_hits
-
-        def locate(offset: int, regions: list[tuple[str, int, int]] = regions) -> str:
-            return next((n for n, s, e in regions if s <= offset < e), f"twix data byte {offset}")
+        locate = _region_locator(regions, "twix data")
     elif lower.endswith(".dcm") or lower == "dicomdir":
         hits += _scan_dicom(path, index)
-    elif any(lower.endswith(s) for s in _TIFF_SUFFIXES):
+    elif lower.endswith(_TIFF_SUFFIXES):
         hits += _scan_tiff(path, index)
     elif lower.endswith(".png"):
         hits += _scan_png(path, index)
@@ -697,7 +709,7 @@ def scan_output(
     for relpath, path, is_file in _entries(Path(output_dir), wanted):
         for kind, value in index.find_text(path.name):
             add(relpath, "file name" if is_file else "folder name", kind, value)
-        if is_file and not path.is_symlink():
+        if is_file and path.is_file():  # symlinks are followed: their content is published too
             for location, kind, value in _file_hits(path, relpath, index, policy):
                 add(relpath, location, kind, value)
     return sorted(leaks.values(), key=lambda leak: (leak.path, leak.location, leak.kind))

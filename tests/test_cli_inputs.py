@@ -6,6 +6,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 from pydicom.uid import generate_uid
@@ -41,7 +43,9 @@ def test_bad_files_are_named_and_the_rest_is_converted(tmp_path):
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
                     reason="needs root to run the CLI as an unprivileged user")
-def test_unreadable_file_is_named_and_the_rest_is_converted(tmp_path):
+def test_unreadable_file_is_named_and_the_rest_is_converted():
+    # pytest's tmp_path lives in a root-only folder: use one the unprivileged user can reach
+    tmp_path = Path(tempfile.mkdtemp(prefix="bidsdeid-unreadable-"))
     src = tmp_path / "in"
     t1_series(src)
     locked = src / "locked.dcm"
@@ -55,9 +59,13 @@ def test_unreadable_file_is_named_and_the_rest_is_converted(tmp_path):
                            sys.executable, "-m", "bidsdeid", str(src), str(tmp_path / "out"),
                            "participant", "--no-deface"],
                           capture_output=True, text=True, env=env, check=False)
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    assert any("locked.dcm" in line and "unreadable" in line for line in proc.stderr.splitlines())
-    assert list((tmp_path / "out").glob("sub-*/ses-01/anat/*_T1w.nii.gz"))
+    try:
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        assert any("locked.dcm" in line and "unreadable" in line
+                   for line in proc.stderr.splitlines()), proc.stderr[-2000:]
+        assert list((tmp_path / "out").glob("sub-*/ses-01/anat/*_T1w.nii.gz"))
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def test_new_session_is_added_without_touching_the_first(tmp_path):

@@ -117,6 +117,38 @@ def test_multiframe_rgb_redacts_every_frame(tmp_path):
         assert not unfilled, f"frame {index} still shows {unfilled}"
 
 
+def test_ybr_full_colour_is_redacted(tmp_path):
+    from pydicom.pixels import convert_color_space
+
+    image = textimages.ultrasound_image(16, 300, 400, rgb=True)
+    path = textimages.to_dicom(image, tmp_path / "ybr.dcm")
+    ds = pydicom.dcmread(path)
+    ds.PixelData = convert_color_space(ds.pixel_array, "RGB", "YBR_FULL").tobytes()
+    ds.PhotometricInterpretation = "YBR_FULL"
+    ds.save_as(path)
+    redact_file(path, tmp_path / "out.dcm", "all", image.subject.header_values)
+    out = pydicom.dcmread(tmp_path / "out.dcm")
+    assert out.PhotometricInterpretation == "YBR_FULL"
+    out.pixel_array_options(raw=True)  # the stored YBR values, filled as stored
+    unfilled = [w.text for w in image.identifier_words
+                if not textimages.word_is_filled(out.pixel_array, w)]
+    assert not unfilled, f"still drawn: {unfilled}"
+
+
+def test_sixteen_bit_greyscale_is_redacted(tmp_path):
+    image = textimages.screenshot_image(17, 300, 400, rgb=False)
+    path = textimages.to_dicom(image, tmp_path / "grey16.dcm")
+    ds = pydicom.dcmread(path)
+    ds.PixelData = (ds.pixel_array.astype(np.uint16) * 16).tobytes()
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.save_as(path)
+    redact_file(path, tmp_path / "out.dcm", "all", image.subject.header_values)
+    output = pydicom.dcmread(tmp_path / "out.dcm").pixel_array
+    assert output.dtype == np.uint16 and output.max() <= 4095
+    unfilled = [w.text for w in image.identifier_words if not textimages.word_is_filled(output, w)]
+    assert not unfilled, f"still drawn: {unfilled}"
+
+
 def test_burned_in_annotation_is_no_after_redaction(tmp_path):
     image = textimages.screenshot_image(8, 300, 400)
     redact_image(image, tmp_path)

@@ -19,7 +19,7 @@ from test_verify import (
 
 from bidsdeid import bids
 from bidsdeid.privatedir import PrivateDir
-from bidsdeid.report import make_masker, write_report
+from bidsdeid.report import make_masker, qc_category, write_report
 from bidsdeid.validate import (
     ValidatorResult,
     deno_validator_command,
@@ -97,6 +97,19 @@ def test_masker_hides_every_leaked_value_in_any_case() -> None:
     assert (
         mask("/sourcedata/sample-acc55127.tif") == "/sourcedata/sample-<identifier #1 of sub-x>.tif"
     )
+
+
+@pytest.mark.parametrize(
+    ("stem", "category"),
+    [
+        ("sub-a_ses-01_T1w_deface", "defacing"),
+        ("sub-a_ses-01_series-002_redacted", "redaction"),
+        ("sub-a_ses-01_series-002_unredacted", None),
+        ("sub-a_ses-01_series-002_original", None),
+    ],
+)
+def test_qc_pictures_are_sorted_by_name_and_originals_never_shown(stem: str, category: str) -> None:
+    assert qc_category(stem) == category
 
 
 def test_report_has_every_section_and_embeds_the_qc_pictures(

@@ -70,6 +70,26 @@ def _twix_vb(path: Path, header_text: str, n_bytes: int = 4096) -> None:
     )
 
 
+def _twix_ve(path: Path, patient_name: str, header_text: str) -> None:
+    """A Siemens VD/VE twix file: MultiRaidFileHeader (patient name in entry 1), one measurement."""
+    offset = 10240  # measurements start after the 9736-byte raid header, 512-byte aligned
+    header = header_text.encode("latin-1") + b"\x00"
+    entry = struct.pack(
+        "<IIQQ64s64s",
+        7,
+        1,
+        offset,
+        4 + len(header) + 512,
+        patient_name.encode("latin-1"),
+        b"t1_mprage",
+    )
+    raid = struct.pack("<II", 0, 1) + entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        raid.ljust(offset, b"\x00") + struct.pack("<I", 4 + len(header)) + header + b"\x00" * 512
+    )
+
+
 def _slide(path: Path, description: str) -> None:
     import tifffile
 
@@ -80,8 +100,8 @@ def _slide(path: Path, description: str) -> None:
 
 def build_finished_dataset(root: Path, private_root: Path) -> FinishedDataset:
     """A valid, clean OUTPUT_DIR as the pipeline writes it, and its private dir."""
-    bids.ensure_dataset_files(root)
     private = PrivateDir.open(private_root)
+    bids.ensure_dataset_files(root, private.lock_dir)
     rng = np.random.default_rng(42)
     for label, identifiers in SUBJECTS.items():
         private.save_identifiers(label, identifiers)
@@ -142,7 +162,9 @@ def build_finished_dataset(root: Path, private_root: Path) -> FinishedDataset:
                 {"filename": f"func/{func.name}.nii.gz", "acq_time": "1913-06-02T10:25:02"},
             ],
         )
-        bids.upsert_participant(root, {"participant_id": f"sub-{label}", "age": "42", "sex": "F"})
+        bids.upsert_participant(
+            root, private.lock_dir, {"participant_id": f"sub-{label}", "age": "42", "sex": "F"}
+        )
         source = root / "sourcedata" / f"sub-{label}" / "ses-01"
         _twix_vb(
             source / f"sub-{label}_ses-01_acq-mprage_twix.dat",
@@ -157,12 +179,11 @@ def build_finished_dataset(root: Path, private_root: Path) -> FinishedDataset:
             files_in=14,
             files_out=6,
             series=[
-                {"series": 1, "files": [f"{bids.DERIVATIVES}/x"]},
+                {"series": 1, "files": [f"sub-{label}/ses-01/anat/{anat.name}.nii.gz"]},
                 {"series": 2, "skipped": "localizer"},
             ],
             header_actions=Counter({"remove": 41, "replace": 12, "shift": 6}),
         )
-        audit.series[0]["files"] = [f"sub-{label}/ses-01/anat/{anat.name}.nii.gz"]
         write_subject_audit(root, audit, {"deface": True}, software_versions("v1.0.20250506"))
         qc = root / bids.DERIVATIVES / "qc" / f"sub-{label}"
         _qc_picture(qc / f"sub-{label}_ses-01_T1w_deface.png", "before | after")
@@ -262,6 +283,7 @@ def test_leaks_inside_binary_gzip_and_vendor_files_are_found(dataset: FinishedDa
     # the patient name in a twix header, a slide description and a UTF-16 log line
     source = dataset.root / "sourcedata" / f"sub-{b}" / "ses-01"
     _twix_vb(source / f"sub-{b}_ses-01_acq-b_twix.dat", 'tPatientName = "Roe^Jane^Q"\n')
+    _twix_ve(source / f"sub-{b}_ses-01_acq-c_twix.dat", "Roe^Jane^Q", 'tReferringPhysician = "X"')
     _slide(source / f"sub-{b}_ses-01_sample-02_slide.tif", "Aperio |Patient = ROE JANE|AppMag = 20")
     (dataset.root / bids.DERIVATIVES / "logs" / "utf16.log").write_bytes(
         "ok roe^jane".encode("utf-16-le")
@@ -279,11 +301,47 @@ def test_leaks_inside_binary_gzip_and_vendor_files_are_found(dataset: FinishedDa
             name_b,
         ),
         (
+            f"sourcedata/sub-{b}/ses-01/sub-{b}_ses-01_acq-c_twix.dat",
+            "twix raid entry 1 patName",
+            name_b,
+        ),
+        (
             f"sourcedata/sub-{b}/ses-01/sub-{b}_ses-01_sample-02_slide.tif",
             "TIFF page 0 tag ImageDescription",
             name_b,
         ),
         (f"{bids.DERIVATIVES.as_posix()}/logs/utf16.log", "content byte 6", name_b),
+    }
+    assert expected <= found, f"missing {expected - found}"
+
+
+def test_dicom_and_png_metadata_are_named_by_element_and_chunk(dataset: FinishedDataset) -> None:
+    import pydicom
+    from PIL.PngImagePlugin import PngInfo
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    a, _ = SUBJECTS
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.PatientName, ds.PatientID, ds.ContentDate = "Doe^John", "XX", "20230514"
+    slide = dataset.root / "sourcedata" / f"sub-{a}" / "ses-01" / f"sub-{a}_ses-01_slide.dcm"
+    ds.save_as(slide, enforce_file_format=True)
+    picture = dataset.root / bids.DERIVATIVES / "qc" / f"sub-{a}" / f"sub-{a}_extra.png"
+    info = PngInfo()
+    info.add_text("Comment", "for JOHN DOE")
+    Image.new("RGB", (8, 8)).save(picture, pnginfo=info)
+
+    found = _places(scan_output(dataset.root, _identifiers(dataset)))
+    name = kind_of(a, "Doe^John")
+    expected = {
+        (dataset.rel(slide), "DICOM (0010,0010) PatientName", name),
+        (dataset.rel(slide), "DICOM (0008,0023) ContentDate", "date after 1925"),
+        (dataset.rel(picture), "PNG text chunk Comment", name),
     }
     assert expected <= found, f"missing {expected - found}"
 
@@ -328,6 +386,31 @@ def test_name_is_found_in_every_common_spelling(text: str) -> None:
 def test_name_parts_inside_longer_words_are_not_hits(text: str) -> None:
     index = IdentifierIndex.build({"abc": {"Doe^John"}})
     assert list(index.find_text(text)) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("ID 89260265.", True),
+        ("0.89260265", False),  # part of a decimal
+        ("189260265", False),  # part of a longer number
+        ("89260265.5", False),
+        ("call +44 1632 960875", True),
+        ("shim 1632", False),  # a short part of the phone number alone is an ordinary number
+    ],
+)
+def test_number_identifiers_match_whole_numbers_only(text: str, found: bool) -> None:
+    index = IdentifierIndex.build({"abc": {"89260265", "+44 1632 960875"}})
+    assert bool(list(index.find_text(text))) is found
+
+
+def test_common_words_of_an_address_match_only_within_the_whole_address() -> None:
+    index = IdentifierIndex.build({"abc": {"12 Orrin Way, Glimmerford Vale"}})
+    assert list(index.find_text("the way we scanned the vale")) == []
+    assert [k for k, _ in index.find_text("lives near Glimmerford")] == ["identifier #1 of sub-abc"]
+    assert [k for k, _ in index.find_text("at 12 orrin way, glimmerford vale")] == [
+        "identifier #1 of sub-abc"
+    ]
 
 
 def test_mask_replaces_identifiers_by_their_kind() -> None:

@@ -43,29 +43,36 @@ def head_mask(img: ants.ANTsImage) -> np.ndarray:
     return mask
 
 
-def template_brain(pd_head: ants.ANTsImage) -> ants.ANTsImage:
-    icbm = ants.image_read(package_file(
+def at_2mm(img: ants.ANTsImage) -> ants.ANTsImage:
+    """Registration runs on 2 mm copies (fast); transforms are in mm, so they apply anywhere."""
+    return ants.resample_image(img, (2.0, 2.0, 2.0), use_voxels=False, interp_type=0)
+
+
+def template_brain(pd_head: ants.ANTsImage, pd_full: ants.ANTsImage) -> ants.ANTsImage:
+    icbm_full = ants.image_read(package_file(
         "nilearn", "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"))
+    icbm = at_2mm(icbm_full)
     affine = ants.registration(fixed=pd_head, moving=icbm, type_of_transform="Affine")
     prior = ants.apply_transforms(pd_head, icbm.new_image_like((icbm.numpy() > 0) * 1.0),
                                   affine["fwdtransforms"]).numpy() > 0.5
     region = pd_head.new_image_like(ndimage.binary_dilation(prior, iterations=8) * 1.0)
     syn = ants.registration(fixed=pd_head * region, moving=icbm, type_of_transform="SyN",
                             initial_transform=affine["fwdtransforms"][0], mask=region)
-    brain = icbm.new_image_like((icbm.numpy() > 0) * 1.0)
-    return ants.apply_transforms(pd_head, brain, syn["fwdtransforms"])
+    brain = icbm_full.new_image_like((icbm_full.numpy() > 0) * 1.0)
+    return ants.apply_transforms(pd_full, brain, syn["fwdtransforms"])
 
 
 def main(heads_dir: Path, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    pd_head = ants.image_read(package_file("pydeface", "data/mean_reg2mean.nii.gz"))
+    pd_full = ants.image_read(package_file("pydeface", "data/mean_reg2mean.nii.gz"))
     face = ants.image_read(package_file("pydeface", "data/facemask.nii.gz"))
-    face = pd_head.new_image_like(1.0 - face.numpy())  # pydeface: 0 over the face
-    brain_t = template_brain(pd_head)
+    face = pd_full.new_image_like(1.0 - face.numpy())  # pydeface: 0 over the face
+    pd_head = at_2mm(pd_full)
+    brain_t = template_brain(pd_head, pd_full)
     ants.image_write(brain_t, str(out_dir / "template_brain_in_pydeface.nii.gz"))
     for name in SUBJECTS:
         subject = ants.image_read(str(heads_dir / f"{name}.nii.gz"))
-        reg = ants.registration(fixed=subject, moving=pd_head, type_of_transform="SyN")
+        reg = ants.registration(fixed=at_2mm(subject), moving=pd_head, type_of_transform="SyN")
         brain = ants.apply_transforms(subject, brain_t, reg["fwdtransforms"]).numpy() > 0.5
         brain = ndimage.binary_fill_holes(brain)
         warped_face = ants.apply_transforms(subject, face, reg["fwdtransforms"]).numpy() > 0.5

@@ -2,7 +2,7 @@
 
 The decisions live in ``profile`` (which action), ``uids``, ``dates``, ``values`` and ``private``
 (how); this module walks the dataset, nested sequences included, and applies them. Elements the
-profile keeps unchanged are never decoded, which keeps the walk fast.
+profile keeps unchanged are never decoded, and ``writer`` copies their bytes from the input.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -56,6 +57,11 @@ class ScrubContext:
     participant_label: str
     identifiers: frozenset[str]      # the subject's original identifier values
 
+    @property
+    def subject(self) -> str:
+        """``sub-<label>``, the value written as Patient's Name and Patient ID."""
+        return "sub-" + self.participant_label.removeprefix("sub-")
+
 
 @dataclass
 class ScrubStats:
@@ -83,6 +89,10 @@ def _dictionary_vr(tag: int) -> str:
         return "UN"
 
 
+def _is_empty(value: object) -> bool:
+    return value is None or (isinstance(value, (str, bytes, list, MultiValue)) and not value)
+
+
 def _vr_of(element: DataElement | RawDataElement) -> str:
     vr = element.VR or _dictionary_vr(element.tag)
     return vr.split(" or ")[0]
@@ -101,23 +111,25 @@ class _Scrubber:
 
     def dataset(self, ds: pydicom.Dataset, nested: bool) -> None:
         plan = profile.planned_actions(self.options, self.sop_class_uid, nested)
-        for tag in list(ds.keys()):
-            if tag.group & 1:
+        for tag in map(int, list(ds.keys())):  # plain ints: BaseTag comparisons are slow
+            if tag >> 16 & 1:
                 continue  # private: decided per block below
-            if tag.element == 0:  # group lengths are retired and would be wrong after edits
+            if not tag & 0xFFFF:  # group lengths are retired and would be wrong after edits
                 del ds[tag]
                 continue
-            vr = _vr_of(ds.get_item(tag))
-            action = plan.get(tag) or self._unlisted_action(ds, tag, vr, nested)
+            element = ds.get_item(tag)
+            vr = _vr_of(element)
+            action = plan.get(tag) or self._unlisted_action(element, tag, vr, nested)
             if action == "K" and vr == "AS":
                 action = "C"  # kept ages are generalised (89 and over -> 089Y)
             if action != "K" or vr == "SQ":
-                self.apply(ds, tag, action, vr)
+                self.apply(ds, tag, element, action, vr)
             if action != "K":
                 self.stats.count(tag, action)
         self.private_elements(ds)
 
-    def _unlisted_action(self, ds: pydicom.Dataset, tag: int, vr: str, nested: bool) -> str:
+    def _unlisted_action(self, element: DataElement | RawDataElement, tag: int, vr: str,
+                         nested: bool) -> str:
         """Action for an attribute Table E.1-1 does not list (``K`` means untouched)."""
         if tag >> 16 & 0xFF01 in (0x5000, 0x6000):
             return self._graphics_action(tag)
@@ -132,7 +144,7 @@ class _Scrubber:
         if vr == "PN":
             return profile.resolve_combined("X/Z/D", None if nested else
                                             profile.type_of(tag, self.sop_class_uid))
-        if vr in _TEXT_VRS and self._holds_identifier(ds.get_item(tag)):
+        if vr in _TEXT_VRS and self._holds_identifier(element):
             return "C"
         return "K"
 
@@ -157,9 +169,10 @@ class _Scrubber:
 
     # --- one element ------------------------------------------------------------------------
 
-    def apply(self, ds: pydicom.Dataset, tag: int, action: str, vr: str) -> None:
+    def apply(self, ds: pydicom.Dataset, tag: int, element: DataElement | RawDataElement,
+              action: str, vr: str) -> None:
         if tag in (_PATIENT_NAME, _PATIENT_ID) and action in "ZDC":
-            ds[tag] = DataElement(tag, vr, f"sub-{self.ctx.participant_label}")
+            ds[tag] = DataElement(tag, vr, self.ctx.subject)
             return
         if action == "X":
             del ds[tag]
@@ -172,23 +185,24 @@ class _Scrubber:
                     self.dataset(item, nested=True)
             return
         if action == "Z":
-            if ds.get_item(tag).value:
+            if not _is_empty(element.value):  # an empty element is left as read (and copied)
                 ds[tag] = DataElement(tag, vr, None)
         elif action == "D":
-            value = self._uids(self._values(ds, tag, vr)) if vr == "UI" else dummy_value(vr)
+            value = self._uids(self._values(element, vr)) if vr == "UI" else dummy_value(vr)
             ds[tag] = DataElement(tag, vr, value)
         elif action == "U" and vr == "UI":
             if not names_a_class(keyword_for_tag(tag) or ""):
-                ds[tag] = DataElement(tag, vr, self._uids(self._values(ds, tag, vr)))
+                ds[tag] = DataElement(tag, vr, self._uids(self._values(element, vr)))
         elif action == "C":
-            self.clean(ds, tag, vr)
+            self.clean(ds, tag, element, vr)
 
-    def _values(self, ds: pydicom.Dataset, tag: int, vr: str) -> list[str]:
-        return text_values(ds.get_item(tag), vr, self.encodings)
+    def _values(self, element: DataElement | RawDataElement, vr: str) -> list[str]:
+        return text_values(element, vr, self.encodings)
 
-    def clean(self, ds: pydicom.Dataset, tag: int, vr: str) -> None:
+    def clean(self, ds: pydicom.Dataset, tag: int, element: DataElement | RawDataElement,
+              vr: str) -> None:
         """Action C: shift dates, generalise ages, redact identifiers from text."""
-        values = self._values(ds, tag, vr)
+        values = self._values(element, vr)
         if not values:
             return
         if vr in ("DA", "DT"):
@@ -273,8 +287,7 @@ def scrub_dataset(ds: pydicom.Dataset, ctx: ScrubContext, options: DeidOptions) 
     scrubber.dataset(ds, nested=False)
     for tag in (_PATIENT_NAME, _PATIENT_ID):
         if profile.override_for(tag, options) is None:
-            ds[tag] = DataElement(tag, "PN" if tag == _PATIENT_NAME else "LO",
-                                  f"sub-{ctx.participant_label}")
+            ds[tag] = DataElement(tag, "PN" if tag == _PATIENT_NAME else "LO", ctx.subject)
     record_method(ds, options)
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
@@ -336,8 +349,9 @@ def _ensure_transfer_syntax(ds: pydicom.Dataset) -> None:
 def _replace_file(path: Path, data: bytes) -> None:
     """Write through a temp name beside ``path`` then rename: the file appears whole or not at all.
 
-    No fsync: these are intermediate files re-read at once by conversion, and a per-file fsync
-    would cost more than the de-identification itself (the BIDS outputs use bidsdeid.fsutil).
+    No per-file fsync (unlike bidsdeid.fsutil): forcing each of thousands of small files to disk
+    costs more than de-identifying it, and a run that dies is simply run again. The temp name
+    matches ``.*.tmp`` so fsutil.remove_stale_temps cleans leftovers.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

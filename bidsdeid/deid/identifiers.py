@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 import pydicom
 from pydicom.charset import convert_encodings
@@ -29,7 +30,7 @@ _IDENTIFYING_KEYWORDS = (
     "StudyDate", "SeriesDate", "AcquisitionDate",
 )
 _PERSON_NAME_VR = "PN"
-_IDENTIFYING_TAGS = tuple(tag_for_keyword(k) for k in _IDENTIFYING_KEYWORDS)
+_IDENTIFYING_TAGS = frozenset(tag_for_keyword(k) for k in _IDENTIFYING_KEYWORDS)
 _BIRTH_DATE = tag_for_keyword("PatientBirthDate")
 
 
@@ -61,9 +62,8 @@ def subject_identifiers(ds: pydicom.Dataset) -> set[str]:
     """Identifying values of a header (whole values, name components, birth-date forms)."""
     encodings = convert_encodings(ds.get("SpecificCharacterSet") or "ISO_IR 6")
     found: set[str] = set()
-    for tag in _IDENTIFYING_TAGS:
-        if tag in ds:
-            found.update(_element_strings(ds, tag, encodings))
+    for tag in _IDENTIFYING_TAGS & ds.keys():
+        found.update(_element_strings(ds, tag, encodings))
     if _BIRTH_DATE in ds:
         for value in _element_strings(ds, _BIRTH_DATE, encodings):
             found.update(birth_date_forms(value))
@@ -74,6 +74,11 @@ def subject_identifiers(ds: pydicom.Dataset) -> set[str]:
 
 
 _UID_SHAPE = re.compile(r"^[0-9]+(?:\.[0-9]+)+$")
+
+
+@lru_cache(maxsize=256)
+def _tokens(values: frozenset[str]) -> frozenset[str]:
+    return identifier_tokens(values)  # the same for every file of a subject: computed once
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ class IdentifierSearch:
     @classmethod
     def of(cls, values: set[str] | frozenset[str]) -> IdentifierSearch:
         uids = {v for v in values if _UID_SHAPE.match(v) and len(v) > 8}
-        tokens = identifier_tokens(set(values) - uids)
+        tokens = _tokens(frozenset(values) - uids)
         return cls(tokens, identifier_bytes_pattern(tokens),
                     tuple(sorted((u.encode("ascii") for u in uids), key=len, reverse=True)))
 

@@ -48,7 +48,9 @@ def text_values(element: DataElement | RawDataElement, vr: str, encodings: list[
     """
     if isinstance(element, RawDataElement):
         raw = element.value or b""
-        text = decode_bytes(raw, encodings, _DELIMITERS) if raw else ""
+        # ASCII without ISO 2022 escapes reads the same in every DICOM character set
+        plain = raw.isascii() and b"\x1b" not in raw
+        text = raw.decode("ascii") if plain else decode_bytes(raw, encodings, _DELIMITERS)
         values = [text] if vr in _SINGLE_VALUED_TEXT else text.split("\\")
         return [v.strip("\x00 ") if vr != "LT" else v.rstrip("\x00 ") for v in values if v]
     value = element.value

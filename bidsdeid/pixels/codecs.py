@@ -48,6 +48,12 @@ class PixelError(Exception):
     """Pixel data that cannot be redacted as required; the series must not be passed on."""
 
 
+def first_line(error: BaseException) -> str:
+    """An underlying error as one line, for one-line reports."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 @dataclass(frozen=True)
 class PixelFrames:
     """Stored pixel values of every frame, (frames, rows, cols) or (frames, rows, cols, samples)."""
@@ -74,7 +80,7 @@ def read_frames(ds: Dataset, name: str) -> PixelFrames:
         ds.pixel_array_options(raw=not lossy)
         array = ds.pixel_array
     except Exception as error:  # decoders raise many types; all mean the same here
-        raise PixelError(f"{name}: pixel data cannot be decoded ({error})") from error
+        raise PixelError(f"{name}: pixel data cannot be decoded ({first_line(error)})") from error
     samples = int(ds.get("SamplesPerPixel", 1))
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     shape = (frames, int(ds.Rows), int(ds.Columns)) + ((samples,) if samples > 1 else ())
@@ -209,7 +215,7 @@ def redact_jpeg_blocks(ds: Dataset, fills: list[list[tuple[Box, np.ndarray]]], n
             except PixelError:
                 raise
             except Exception as error:  # libjpeg reports through many exception types
-                raise PixelError(f"{name}: JPEG frame {index} cannot be edited ({error})") \
+                raise PixelError(f"{name}: JPEG frame {index} cannot be edited ({first_line(error)})") \
                     from error
             written.append(dst.read_bytes())
     ds.PixelData = encapsulate(written)

@@ -38,6 +38,7 @@ class OcrWord:
     box: Box  # in frame coordinates
     confidence: float  # Tesseract's 0-100
     line: int  # index of the candidate line it was read in
+    reading: int  # index of the (line, pass) crop it was read in: words of one reading form a line
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,8 @@ def run_tesseract(mosaic: Image.Image) -> dict[str, list]:
         return pytesseract.image_to_data(mosaic, lang="eng", config=TESSERACT_CONFIG,
                                          output_type=pytesseract.Output.DICT)
     except (pytesseract.TesseractError, pytesseract.TesseractNotFoundError, OSError) as error:
-        raise OcrError(f"tesseract failed: {error}") from error
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        raise OcrError(f"tesseract failed: {lines[0]}") from error
 
 
 def words_from_data(data: dict[str, list], slots: Sequence[_Slot]) -> list[OcrWord]:
@@ -104,16 +106,18 @@ def words_from_data(data: dict[str, list], slots: Sequence[_Slot]) -> list[OcrWo
         if not text:
             continue
         centre = top + height / 2
-        slot = next((s for s in slots if s.top <= centre < s.top + s.height), None)
-        if slot is None:
+        reading = next((i for i, s in enumerate(slots) if s.top <= centre < s.top + s.height),
+                       None)
+        if reading is None:
             continue
+        slot = slots[reading]
         x0 = slot.box.x0 + int((left - GAP) / slot.scale)
         y0 = slot.box.y0 + int((top - slot.top) / slot.scale)
         x1 = slot.box.x0 + int(np.ceil((left + width - GAP) / slot.scale))
         y1 = slot.box.y0 + int(np.ceil((top + height - slot.top) / slot.scale))
         box = Box(max(x0, slot.box.x0), max(y0, slot.box.y0), min(x1, slot.box.x1),
                   min(y1, slot.box.y1))
-        words.append(OcrWord(text, box, float(conf), slot.line))
+        words.append(OcrWord(text, box, float(conf), slot.line, reading))
     return words
 
 

@@ -27,7 +27,14 @@ from scipy import ndimage
 
 from bidsdeid.fsutil import atomic_write_bytes
 
-from .codecs import PixelError, PixelFrames, read_frames, redact_jpeg_blocks, write_frames
+from .codecs import (
+    PixelError,
+    PixelFrames,
+    first_line,
+    read_frames,
+    redact_jpeg_blocks,
+    write_frames,
+)
 from .detect import Box, TextMap, display_gray, find_text
 from .identifiers import IdentifierMatcher
 from .ocr import OcrError, OcrWord, read_lines
@@ -45,7 +52,7 @@ THUMBNAIL_SIZE = 256
 class RedactionResult:
     frames: int
     boxes: int
-    words_redacted: int  # OCR words that caused a fill ("all" fills flat-background lines unread)
+    words_redacted: int  # OCR-read words filled ("all" fills flat-background lines unread)
     lossy_blocks_only: bool  # lossy data: only the JPEG blocks under boxes were changed
     thumbnail: bytes | None  # PNG of a redacted frame, downscaled, for the QC report
 
@@ -90,6 +97,16 @@ def _snap(word: Box, line: Box, glyph_labels: np.ndarray, glyph_slices: list) ->
     return box
 
 
+def _outermost(boxes: list[Box]) -> list[Box]:
+    """The boxes not inside another (both OCR passes usually find the same word)."""
+    unique = sorted(set(boxes), key=lambda b: -b.width * b.height)
+    kept: list[Box] = []
+    for box in unique:
+        if not any(k.union(box) == k for k in kept):
+            kept.append(box)
+    return kept
+
+
 def plan_frame(frame: np.ndarray, mode: Mode, matcher: IdentifierMatcher, centre_mask: bool,
                cache: dict | None = None) -> FramePlan:
     """Boxes to fill in one display frame (rows, cols) or (rows, cols, 3)."""
@@ -108,18 +125,18 @@ def plan_frame(frame: np.ndarray, mode: Mode, matcher: IdentifierMatcher, centre
         lines = [c.box for c in text.candidates]
         words = read_lines(gray, text, lines, cache)
         boxes, chosen = [], []
-        by_line: dict[int, list[OcrWord]] = {}
+        by_reading: dict[int, list[OcrWord]] = {}
         for word in words:
-            by_line.setdefault(word.line, []).append(word)
-        for line_words in by_line.values():
+            by_reading.setdefault(word.reading, []).append(word)
+        for line_words in by_reading.values():
             line_words.sort(key=lambda w: (w.box.y0 // 8, w.box.x0))
             spanning = matcher.line_matches([w.text for w in line_words])
             chosen += [w for i, w in enumerate(line_words)
                        if i in spanning or matcher.word_matches(w.text)]
-    boxes += [_snap(w.box, lines[w.line].padded(2, rows, cols), labels, glyph_slices)
-              for w in chosen]
-    padded = tuple(b.padded(max(2, (b.height + 4) // 5), rows, cols) for b in boxes)
-    return FramePlan(padded, len(chosen), text.stroke)
+    word_boxes = _outermost([_snap(w.box, lines[w.line].padded(2, rows, cols), labels,
+                                   glyph_slices) for w in chosen])
+    padded = [b.padded(max(2, (b.height + 4) // 5), rows, cols) for b in boxes + word_boxes]
+    return FramePlan(tuple(_outermost(padded)), len(word_boxes), text.stroke)
 
 
 def fill_colours(frame: np.ndarray, boxes: Iterable[Box], stroke: np.ndarray) -> list[np.ndarray]:
@@ -175,7 +192,7 @@ def redact_file(src: Path, dst: Path, mode: Mode, identifiers: Iterable[str]) ->
     try:
         ds = pydicom.dcmread(src)
     except Exception as error:
-        raise PixelError(f"{name}: not a readable DICOM file ({error})") from error
+        raise PixelError(f"{name}: not a readable DICOM file ({first_line(error)})") from error
     frames = read_frames(ds, name)
     shown = display_frames(frames, ds)
     matcher = IdentifierMatcher.from_values(identifiers)
