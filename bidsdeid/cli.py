@@ -6,6 +6,7 @@ reported errors; 2 usage error (bad option, config file or paths).
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -18,8 +19,10 @@ from rich.table import Table
 
 from bidsdeid import __version__
 from bidsdeid.config import ConfigError, RunConfig, build_config, parse_key_values
+from bidsdeid.records import Failure
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 console = Console(stderr=True, highlight=False)
 app = typer.Typer(add_completion=False, rich_markup_mode=None,
@@ -134,7 +137,8 @@ def _participant(cfg: RunConfig) -> int:
         _print_failure(failure)
     if cfg.verbose:
         for skipped in found.skipped:
-            console.print(f"[dim]skipped {escape(str(skipped.path))}: {skipped.reason}[/dim]", soft_wrap=True)
+            console.print(f"[dim]skipped {_one_line(str(skipped.path))}: {skipped.reason}[/dim]",
+                          soft_wrap=True)
     if cfg.dry_run:
         for line in plan_lines(subjects):
             print(line)
@@ -159,9 +163,14 @@ def _participant(cfg: RunConfig) -> int:
     return EXIT_OK if summary.ok else EXIT_FAILED
 
 
-def _print_failure(failure) -> None:
+def _one_line(text: str) -> str:
+    """Control characters (newlines, ANSI escapes) shown as ``\\xNN``, markup escaped."""
+    return escape(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text))
+
+
+def _print_failure(failure: Failure) -> None:
     """One line per failed input: the file and the reason (console only, never OUTPUT_DIR)."""
-    console.print(f"[red]ERROR[/red] {escape(str(failure.path))}: {escape(failure.reason)}",
+    console.print(f"[red]ERROR[/red] {_one_line(str(failure.path))}: {_one_line(failure.reason)}",
                   soft_wrap=True)
 
 

@@ -49,7 +49,9 @@ def dcm2niix_version() -> str:
 def run_dcm2niix(dicom_dir: Path, out_dir: Path) -> tuple[list[Dcm2niixOutput], str]:
     """Convert one series folder; returns outputs and dcm2niix's messages (for the private log)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [dcm2niix_executable(), "-b", "y", "-ba", "y", "-z", "y", "-c", "", "-w", "1",
+    # -w 2: when dcm2niix splits a series (mixed geometry), each part gets its own file name, so
+    # nothing is overwritten and name_outputs refuses parts it cannot tell apart.
+    cmd = [dcm2niix_executable(), "-b", "y", "-ba", "y", "-z", "y", "-c", "", "-w", "2",
            "-f", "series", "-o", str(out_dir), str(dicom_dir)]
     # HOME points at the work dir so a user's ~/.dcm2nii.ini cannot change the conversion.
     env = dict(os.environ, HOME=str(out_dir))
@@ -114,4 +116,5 @@ def name_outputs(target: BidsTarget, sidecars: list[dict]) -> list[BidsTarget]:
 def read_sidecar(output: Dcm2niixOutput) -> dict:
     if output.sidecar is None:
         return {}
-    return json.loads(output.sidecar.read_text())
+    # strict=False: dcm2niix copies control characters of descriptions raw into the JSON
+    return json.loads(output.sidecar.read_text(), strict=False)

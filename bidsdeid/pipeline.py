@@ -239,6 +239,9 @@ def process_series(job: SeriesJob) -> SeriesOutcome:
         _convert_and_sanitize(job, dicom_dir, nifti_dir, outcome)
     except _StageError as exc:
         outcome.excluded, outcome.produced = str(exc), []
+    except OSError as exc:  # the work dir: disk full, quota, permissions
+        outcome.excluded, outcome.produced = f"cannot write the work dir ({exc.strerror})", []
+        outcome.log.append(traceback.format_exc())
     except Exception as exc:  # noqa: BLE001 - one series must not stop the participant
         outcome.excluded, outcome.produced = f"internal error ({type(exc).__name__})", []
         outcome.log.append(traceback.format_exc())
@@ -544,8 +547,9 @@ def run_participants(cfg: RunConfig, private: PrivateDir, found: Discovery, subj
     for skipped in found.skipped:
         log.write(f"skipped: {skipped.path}: {skipped.reason}")
     versions = software_versions(dcm2niix_version())
-    work_root = Path(tempfile.mkdtemp(prefix="bidsdeid-", dir=cfg.work_dir)) if cfg.work_dir \
-        else Path(tempfile.mkdtemp(prefix="bidsdeid-"))
+    if cfg.work_dir is not None:
+        cfg.work_dir.mkdir(parents=True, exist_ok=True)
+    work_root = Path(tempfile.mkdtemp(prefix="bidsdeid-", dir=cfg.work_dir))
     try:
         for subject in subjects:
             result = run_subject(cfg, subject, private, work_root, log, versions, progress)

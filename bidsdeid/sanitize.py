@@ -211,7 +211,8 @@ def sanitize_sidecar_file(path: Path, policy: SidecarPolicy, options: DeidOption
                           date_shift_days: int, identifiers: Iterable[str]) -> SanitizeStats:
     """Sanitize one sidecar in place (atomic rewrite, dcm2niix key order, 2-space indent)."""
     try:
-        sidecar = json.loads(path.read_bytes())
+        # strict=False: dcm2niix copies control characters of descriptions raw into the JSON
+        sidecar = json.loads(path.read_bytes(), strict=False)
     except (OSError, ValueError) as exc:
         raise SanitizeError(f"{path}: cannot read JSON sidecar ({exc})") from exc
     if not isinstance(sidecar, dict):

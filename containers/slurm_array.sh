@@ -13,7 +13,8 @@
 # under file locks and replaced atomically, so tasks may run at once in any order. A task that
 # was killed leaves only whole files (and hidden temp files); resubmitting its index
 # (sbatch --array=N ...) cleans up and completes the participant. Re-running a finished one
-# rewrites nothing.
+# rewrites nothing. OUTPUT_DIR and PRIVATE_DIR must be on a shared file system whose locks work
+# across nodes (NFSv4; Lustre mounted with -o flock; GPFS).
 #
 # SLURM's own log files hold console output, which names input files (and so may name
 # patients): send them to the private dir with --output as above, never into OUTPUT_DIR.

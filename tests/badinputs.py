@@ -23,13 +23,12 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom.dataset import Dataset
-from pydicom.encaps import encapsulate
-from pydicom.uid import JPEGLosslessSV1, generate_uid
-
 import slides
 import twixfiles
 from dicomfactory import mr_slice, write
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEGLosslessSV1, generate_uid
 
 # The patient whose name is the folder of the malformed files (never allowed into OUTPUT_DIR).
 PATH_PATIENT_NAME = "Wintergreen^Philomena"

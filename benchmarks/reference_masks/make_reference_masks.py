@@ -4,11 +4,15 @@ Independent of the CNN: a labelled template head is warped onto each subject wit
 Run in an environment with antspyx (its numpy/scipy pins clash with bidsdeid's, so use a
 separate venv), with the pydeface and nilearn wheels installed (--no-deps, data only):
 
-    python benchmarks/reference_masks/make_reference_masks.py ../shared/data/heads OUT_DIR
+    python benchmarks/reference_masks/make_reference_masks.py ../shared/data/heads OUT_DIR \
+        /tmp/bidsdeid_deface_atlas/pydeface_mean_labels.nii.gz
+
+The last argument is the training atlas' label map of pydeface's head (written by
+``python -m bidsdeid.deface.train`` into its ``--atlas-cache``).
 
 Steps:
-1. Template brain: the nilearn ICBM152-2009 brain (T1, brain only) is registered (SyN) into
-   pydeface's mean head, the metric restricted to a generously dilated brain region.
+1. Template brain: the ICBM152-2009 brain (nilearn) as placed in pydeface's mean head by the
+   training atlas (see template_brain for why not by ANTs).
 2. Each subject: pydeface's mean head is registered (affine + SyN, mutual information, so T2w
    and PD work too) onto the subject; the template brain and pydeface's face mask follow.
 3. Reference face = warped face region, inside the subject's head and field of view, not brain.
@@ -48,28 +52,25 @@ def at_2mm(img: ants.ANTsImage) -> ants.ANTsImage:
     return ants.resample_image(img, (2.0, 2.0, 2.0), use_voxels=False, interp_type=0)
 
 
-def template_brain(pd_head: ants.ANTsImage, pd_full: ants.ANTsImage) -> ants.ANTsImage:
-    icbm_full = ants.image_read(package_file(
-        "nilearn", "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"))
-    icbm = at_2mm(icbm_full)
-    affine = ants.registration(fixed=pd_head, moving=icbm, type_of_transform="Affine")
-    prior = ants.apply_transforms(pd_head, icbm.new_image_like((icbm.numpy() > 0) * 1.0),
-                                  affine["fwdtransforms"]).numpy() > 0.5
-    region = pd_head.new_image_like(ndimage.binary_dilation(prior, iterations=8) * 1.0)
-    syn = ants.registration(fixed=pd_head * region, moving=icbm, type_of_transform="SyN",
-                            initial_transform=affine["fwdtransforms"][0], mask=region)
-    brain = icbm_full.new_image_like((icbm_full.numpy() > 0) * 1.0)
-    return ants.apply_transforms(pd_full, brain, syn["fwdtransforms"])
+def template_brain(atlas_labels: Path, pd_full: ants.ANTsImage) -> ants.ANTsImage:
+    """The brain on pydeface's head grid, from the training atlas (labels 1-3 are brain).
+
+    That atlas fits the ICBM brain into pydeface's head by an affine fit limited to the brain
+    (bidsdeid.deface.atlas); ANTs' own fits of the skull-less ICBM image to a head inflated
+    (affine) or shrank (SyN) it, as seen on overlays, so they are not used.
+    """
+    labels = ants.image_read(str(atlas_labels))
+    brain = labels.new_image_like(((labels.numpy() >= 1) & (labels.numpy() <= 3)) * 1.0)
+    return ants.resample_image_to_target(brain, pd_full, interp_type="linear")
 
 
-def main(heads_dir: Path, out_dir: Path) -> None:
+def main(heads_dir: Path, out_dir: Path, atlas_labels: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     pd_full = ants.image_read(package_file("pydeface", "data/mean_reg2mean.nii.gz"))
     face = ants.image_read(package_file("pydeface", "data/facemask.nii.gz"))
     face = pd_full.new_image_like(1.0 - face.numpy())  # pydeface: 0 over the face
     pd_head = at_2mm(pd_full)
-    brain_t = template_brain(pd_head, pd_full)
-    ants.image_write(brain_t, str(out_dir / "template_brain_in_pydeface.nii.gz"))
+    brain_t = template_brain(atlas_labels, pd_full)
     for name in SUBJECTS:
         subject = ants.image_read(str(heads_dir / f"{name}.nii.gz"))
         reg = ants.registration(fixed=at_2mm(subject), moving=pd_head, type_of_transform="SyN")
@@ -84,4 +85,4 @@ def main(heads_dir: Path, out_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))

@@ -133,13 +133,17 @@ def predict_masks(model: torch.nn.Module, data: np.ndarray, affine: np.ndarray) 
     c_shape = (COARSE_SIZE,) * 3
     image = normalise_intensity(sample_native_on_grid(volume, affine, c_aff, c_shape))
     coarse = torch.sigmoid(model(image[None]))[0]
-    coarse_brain = coarse[0].numpy() > 0.5
+    coarse_brain = _largest_component(coarse[0].numpy() > 0.5)
     if not coarse_brain.any():
         raise DefaceError("no brain found: is this a head MRI volume?")
     f_aff, f_shape = fine_grid(coarse_brain, c_aff)
     image = normalise_intensity(sample_native_on_grid(volume, affine, f_aff, f_shape))
-    fine_brain = torch.sigmoid(model(image[None]))[0, 0]
-    brain_bin = _largest_component(fine_brain.numpy() > 0.5)
+    fine_brain = torch.sigmoid(model(image[None]))[0, 0].numpy() > 0.5
+    # The fine pass may only refine the coarse brain's edge, not find a brain elsewhere.
+    near_coarse = _resample(torch.as_tensor(coarse_brain[None].astype(np.float32)),
+                            np.linalg.inv(c_aff) @ f_aff, f_shape)[0].numpy() > 0.5
+    near_coarse = ndimage.binary_dilation(near_coarse, iterations=3)
+    brain_bin = _largest_component(fine_brain & near_coarse)
     filled = ndimage.binary_fill_holes(brain_bin)
     # Closeness to the brain (2 * PROTECT_MM minus distance, >= 0): zero far away and, through
     # the resampler's zero padding, outside the fine box too.
