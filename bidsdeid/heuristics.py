@@ -61,7 +61,10 @@ from bidsdeid.records import ENTITY_ORDER, BidsTarget, Series
 NO_MATCH = "no heuristic rule matched"
 UNSAFE_LABEL = "heuristic produced a label that is not a safe BIDS label"
 
-DATATYPES = frozenset({"anat", "func", "dwi", "fmap", "perf"})
+# "dicom": no BIDS datatype; the series is kept as de-identified (and redacted) DICOM under
+# sourcedata/ — for ultrasound, screen captures and other series dcm2niix cannot represent.
+SOURCEDATA_DICOM = "dicom"
+DATATYPES = frozenset({"anat", "func", "dwi", "fmap", "perf", SOURCEDATA_DICOM})
 # Entities a heuristic may set: sub/ses come from the pseudonymisation, run from
 # assign_targets, which sees the whole session.
 HEURISTIC_ENTITIES = frozenset(ENTITY_ORDER) - {"sub", "ses", "run"}
@@ -270,12 +273,20 @@ class RuleSet:
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any], source: str) -> RuleSet:
-        _refuse_unknown(document, {"description", "source", "rule"}, source)
+        """Rules of the document, then (``extends = "name"``) the rules of a shipped heuristic."""
+        _refuse_unknown(document, {"description", "source", "rule", "extends"}, source)
         tables = document.get("rule")
         if not isinstance(tables, list) or not tables:
             raise HeuristicError(f"{source}: needs at least one [[rule]] table")
-        return cls(tuple(_parse_rule(table, f"{source}: rule {number}")
-                         for number, table in enumerate(tables, start=1)))
+        rules = tuple(_parse_rule(table, f"{source}: rule {number}")
+                      for number, table in enumerate(tables, start=1))
+        parent = document.get("extends")
+        if parent is None:
+            return cls(rules)
+        if parent not in shipped_heuristics() or Path(source).stem == parent:
+            raise HeuristicError(f"{source}: extends {parent!r}, which is not another shipped "
+                                 f"heuristic ({', '.join(shipped_heuristics())})")
+        return cls(rules + cls.from_file(shipped_heuristics_dir() / f"{parent}.toml").rules)
 
 
 def _parse_rule(table: Any, where: str) -> Rule:

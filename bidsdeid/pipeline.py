@@ -28,7 +28,7 @@ from bidsdeid.deid.apply import DeidError, ScrubContext, ScrubStats, scrub_file,
 from bidsdeid.deid.options import DeidOptions
 from bidsdeid.discover import discover, read_header
 from bidsdeid.fsutil import atomic_write_bytes, remove_stale_temps
-from bidsdeid.heuristics import Heuristic, assign_targets, load_heuristic
+from bidsdeid.heuristics import SOURCEDATA_DICOM, Heuristic, assign_targets, load_heuristic
 from bidsdeid.privatedir import PrivateDir, default_private_dir, read_label_mapping
 from bidsdeid.rawdata.assign import RawCandidate, identify_raw_files, read_slide_mapping, session_for
 from bidsdeid.records import BidsTarget, Discovery, Failure, RawFile, Series, Session, Subject
@@ -120,6 +120,7 @@ class ProducedFile:
 @dataclass
 class SeriesOutcome:
     index: int
+    target: BidsTarget | None = None
     produced: list[ProducedFile] = field(default_factory=list)
     header_actions: ScrubStats = field(default_factory=lambda: ScrubStats())
     sidecar_actions: SanitizeStats = field(default_factory=lambda: SanitizeStats())
@@ -128,6 +129,7 @@ class SeriesOutcome:
     acq_time: str = "n/a"
     redaction_png: bytes | None = None
     words_redacted: int = 0
+    dicom_files: list[Path] = field(default_factory=list)  # kept as DICOM in sourcedata/
     log: list[str] = field(default_factory=list)
 
 
@@ -224,7 +226,7 @@ def _convert_and_sanitize(job: SeriesJob, dicom_dir: Path, nifti_dir: Path,
 
 def process_series(job: SeriesJob) -> SeriesOutcome:
     """Scrub, redact, convert, sanitize and deface one series inside the work dir."""
-    outcome = SeriesOutcome(job.index)
+    outcome = SeriesOutcome(job.index, job.series.target)
     series_dir = job.work_dir / f"series-{job.index:03d}"
     shutil.rmtree(series_dir, ignore_errors=True)
     dicom_dir, nifti_dir = series_dir / "dicom", series_dir / "nifti"
@@ -236,7 +238,10 @@ def process_series(job: SeriesJob) -> SeriesOutcome:
         if not _redact_series(job, files, outcome):
             return outcome
         outcome.acq_time = acq_time_of(read_header(files[0]))
-        _convert_and_sanitize(job, dicom_dir, nifti_dir, outcome)
+        if job.series.target.datatype == SOURCEDATA_DICOM:
+            outcome.dicom_files = files
+        else:
+            _convert_and_sanitize(job, dicom_dir, nifti_dir, outcome)
     except _StageError as exc:
         outcome.excluded, outcome.produced = str(exc), []
     except OSError as exc:  # the work dir: disk full, quota, permissions
@@ -316,6 +321,11 @@ def _write_outputs(output_dir: Path, subject: Subject, session: Session,
         audit.files_out += len(written)
         rows.append({"filename": str(rel.relative_to(session_dir.relative_to(output_dir))) + ".nii.gz",
                      "acq_time": outcome.acq_time})
+    if outcome.dicom_files:
+        rel = _sourcedata_dicom_dir(subject, session, outcome)
+        for number, path in enumerate(outcome.dicom_files, start=1):
+            bids.place_file(path, output_dir / rel / f"{number:05d}.dcm")
+        audit.files_out += len(outcome.dicom_files)
     if outcome.redaction_png:
         name = f"sub-{subject.label}_ses-{session.label}_series-{outcome.index:03d}_redacted.png"
         atomic_write_bytes(output_dir / bids.DERIVATIVES / "qc" / f"sub-{subject.label}" / name,
@@ -383,6 +393,13 @@ def _clean_raw_files(cfg: RunConfig, subject: Subject, private: PrivateDir, scru
         audit.sourcedata.append(entry)
         audit.files_out += 1
     return failures
+
+
+def _sourcedata_dicom_dir(subject: Subject, session: Session, outcome: SeriesOutcome) -> Path:
+    """``sourcedata/sub-X/ses-Y/dicom/sub-X_ses-Y_<entities>_<suffix>/`` for a kept series."""
+    target = outcome.target
+    return (Path("sourcedata") / f"sub-{subject.label}" / f"ses-{session.label}" / "dicom"
+            / target.stem(subject.label, session.label))
 
 
 def _remove_stale(session_dir: Path, keep: set[Path]) -> None:
@@ -483,9 +500,11 @@ def run_subject(cfg: RunConfig, subject: Subject, private: PrivateDir, work_root
                 stem = cfg.output_dir / item.target.relpath(subject.label, session.label)
                 for ext in [".nii.gz", ".json", *(e.suffix for e in item.extras)]:
                     written.add(stem.with_name(stem.name + ext))
-            audit.series.append({"series": outcome.index, "files": sorted(
-                f"{item.target.relpath(subject.label, session.label)}.nii.gz"
-                for item in outcome.produced),
+            files = sorted(f"{item.target.relpath(subject.label, session.label)}.nii.gz"
+                           for item in outcome.produced)
+            if outcome.dicom_files:
+                files.append(f"{_sourcedata_dicom_dir(subject, session, outcome)}/")
+            audit.series.append({"series": outcome.index, "files": files,
                 **({"words_redacted": outcome.words_redacted} if outcome.words_redacted else {})})
             summary.series_converted += 1
         if rows:

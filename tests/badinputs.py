@@ -7,7 +7,7 @@
   and one whose SeriesDescription/ProtocolName carry path traversal and control characters;
 * one file per malformed case (``BadCase``), each of which must give exactly one error line
   naming it: zero-byte, truncated header, truncated pixels, a wrong VR, a wrong value length, an
-  undefined-length sequence without its delimiters, a huge declared element length, a pixel
+  undefined-length sequence without its delimiters, 5000 nested sequences, a huge declared element length, a pixel
   "zip bomb" (4 GB declared pixel length), missing Type 1 UIDs, a series with mixed geometry,
   corrupted JPEG pixel data, a text file named .dcm, a truncated twix file and a truncated SVS;
 * symbolic links (a file and a folder) to DICOM under ``outside``, which must not be followed.
@@ -36,8 +36,8 @@ PATH_FOLDER = "Wintergreen_Philomena_MRN77123"
 # The malformed cases, in the order make_bad_corpus writes them.
 CASE_NAMES = ("zero_byte", "truncated_header", "truncated_pixels", "pixel_zip_bomb",
               "huge_element_length", "wrong_vr", "wrong_value_length", "broken_sequence",
-              "missing_type1", "not_dicom", "corrupt_jpeg", "mixed_geometry", "broken_twix",
-              "broken_slide")
+              "deep_sequence", "missing_type1", "not_dicom", "corrupt_jpeg", "mixed_geometry",
+              "broken_twix", "broken_slide")
 HOSTILE_TEXT = "t1_mprage ../../../../etc/passwd\r\n\x1b[2J\x00/..\\..\\x"
 
 
@@ -135,6 +135,7 @@ def _bad_dicom_bytes() -> dict[str, tuple[bytes, str]]:
     # Rows (US) declared 3 bytes long: not a whole number of values (and shifts every element)
     cases["wrong_value_length"] = (_patched(good, at + 6, struct.pack("<H", 3)), "")
     cases["broken_sequence"] = (_broken_sequence_bytes(), "")
+    cases["deep_sequence"] = (_deep_sequence_bytes(5000), "")
     return cases
 
 
@@ -147,6 +148,16 @@ def _broken_sequence_bytes() -> bytes:
            + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
            + struct.pack("<HH", 0x0008, 0x1150) + b"UI" + struct.pack("<H", 4) + b"1.2\x00")
     return body[:at] + seq + body[at:]
+
+
+def _deep_sequence_bytes(depth: int) -> bytes:
+    """A slice with ``depth`` nested undefined-length sequences (a recursion bomb, 180 kB)."""
+    body = _encoded(_one_slice())
+    at = _element_offset(body, 0x00180050)
+    opening = (struct.pack("<HH", 0x0008, 0x1140) + b"SQ\x00\x00" + struct.pack("<I", 0xFFFFFFFF)
+               + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF))
+    closing = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    return body[:at] + opening * depth + closing * depth + body[at:]
 
 
 def _corrupt_jpeg_series(root: Path) -> Path:

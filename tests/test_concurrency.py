@@ -95,8 +95,9 @@ def test_killed_participant_job_leaves_whole_files_and_a_rerun_completes_it(tmp_
     common = ["--private-dir", private, "--no-deface"]
     run_cli(manifest.root, tmp_path / "reference", "participant", *common, check=True)
     # Killing the whole process group, pool workers included, is what a scheduler does to a job.
+    # --work-dir keeps the scratch files the kill leaves behind inside tmp_path.
     job = subprocess.Popen(_participant_cmd(manifest.root, tmp_path / "killed", *common,
-                                            "--n-procs", "2"),
+                                            "--n-procs", "2", "--work-dir", tmp_path / "work"),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            start_new_session=True)
     try:

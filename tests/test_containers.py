@@ -19,6 +19,7 @@ from bidsdeid.demo import make_demo
 
 PROJECT = Path(__file__).resolve().parents[1]
 DOCKERFILE = PROJECT / "containers" / "Dockerfile"
+DOCKERIGNORE = PROJECT / "containers" / "Dockerfile.dockerignore"
 APPTAINER_DEF = PROJECT / "containers" / "bidsdeid.def"
 SLURM_SCRIPT = PROJECT / "containers" / "slurm_array.sh"
 SETUP_SCRIPT = PROJECT / "scripts" / "setup.sh"
@@ -147,6 +148,15 @@ def test_images_copy_every_folder_the_wheel_is_built_from():
                  _apptainer_sections(APPTAINER_DEF.read_text())["%files"].splitlines() if line.strip()}
     assert needed <= docker, f"the Dockerfile does not copy {needed - docker}"
     assert needed <= apptainer, f"{APPTAINER_DEF.name} does not copy {needed - apptainer}"
+
+
+def test_docker_build_context_admits_exactly_what_the_dockerfile_copies():
+    lines = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()]
+    admitted = {line.removeprefix("!") for line in lines if line.startswith("!")}
+    copied = {src for line in re.findall(r"^COPY (.+)$", DOCKERFILE.read_text(), flags=re.MULTILINE)
+              for src in line.split()[:-1]}
+    assert "*" in lines, "the build context must exclude everything by default"
+    assert admitted == copied, f"admitted {sorted(admitted)} but the Dockerfile copies {sorted(copied)}"
 
 
 def test_both_images_run_bidsdeid_as_entry_point():

@@ -107,10 +107,6 @@ def test_rerun_removes_a_temp_file_a_killed_run_left_in_the_dataset_root(tmp_pat
     assert _temp_leftovers(out) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pipeline.run_participants calls tempfile.mkdtemp(dir=cfg.work_dir) on a --work-dir that "
-    "does not exist: FileNotFoundError ends the run in a traceback after discovery. Fix: "
-    "cfg.work_dir.mkdir(parents=True, exist_ok=True) first, or refuse it in cli._check_paths"))
 def test_missing_work_dir_is_created_or_refused_without_a_traceback(tmp_path):
     src = tmp_path / "in"
     _series(src, "MRN0001", "t1_mprage_sag", n=2, rows=16)
@@ -168,10 +164,6 @@ def test_full_work_dir_leaves_no_half_file_in_the_output(disk_full_run):
         "the series that did not fit must not be written at all"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pipeline.process_series reports an OSError from the scrub stage (deid/apply.py "
-    "_replace_file) as 'internal error (OSError)'; the user cannot tell the disk is full. Fix: "
-    "catch OSError in process_series and report f'cannot write the work dir ({exc.strerror})'"))
 def test_full_work_dir_error_says_the_disk_is_full(disk_full_run):
     proc, *_ = disk_full_run
     errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR ")]

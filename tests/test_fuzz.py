@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.errors import BytesLengthException
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
+from pydicom.errors import BytesLengthException
 
 from bidsdeid.deid.apply import DeidError, ScrubContext, scrub_file
 from bidsdeid.deid.options import DeidOptions

@@ -132,13 +132,15 @@ def predict_masks(model: torch.nn.Module, data: np.ndarray, affine: np.ndarray) 
     c_aff = coarse_grid(data, affine)
     c_shape = (COARSE_SIZE,) * 3
     image = normalise_intensity(sample_native_on_grid(volume, affine, c_aff, c_shape))
-    coarse = torch.sigmoid(model(image[None]))[0]
+    # Outside the acquired field of view the network was never trained (no target there).
+    coarse = torch.sigmoid(model(image[None]))[0] * _inside(data.shape, affine, c_aff, c_shape)
     coarse_brain = _largest_component(coarse[0].numpy() > 0.5)
     if not coarse_brain.any():
         raise DefaceError("no brain found: is this a head MRI volume?")
     f_aff, f_shape = fine_grid(coarse_brain, c_aff)
     image = normalise_intensity(sample_native_on_grid(volume, affine, f_aff, f_shape))
-    fine_brain = torch.sigmoid(model(image[None]))[0, 0].numpy() > 0.5
+    fine_brain = torch.sigmoid(model(image[None]))[0, 0] * _inside(data.shape, affine, f_aff, f_shape)
+    fine_brain = fine_brain.numpy() > 0.5
     # The fine pass may only refine the coarse brain's edge, not find a brain elsewhere.
     near_coarse = _resample(torch.as_tensor(coarse_brain[None].astype(np.float32)),
                             np.linalg.inv(c_aff) @ f_aff, f_shape)[0].numpy() > 0.5
@@ -169,6 +171,12 @@ def predict_masks(model: torch.nn.Module, data: np.ndarray, affine: np.ndarray) 
         brain[start:stop] = b.numpy()
         face[start:stop] = (f & ~near_brain & ~b).numpy()
     return NativeMasks(brain, face)
+
+
+def _inside(native_shape, native_affine, grid_affine, grid_shape) -> torch.Tensor:
+    """1 where a grid voxel lies within the native volume's field of view, else 0."""
+    ones = torch.ones(1, *native_shape[:3])
+    return (sample_native_on_grid(ones, native_affine, grid_affine, grid_shape)[0] > 0.99).float()
 
 
 def _shift(first_index: int) -> np.ndarray:

@@ -18,6 +18,8 @@ from functools import lru_cache
 from importlib import resources
 from types import MappingProxyType
 
+from bidsdeid.deid.text import bounded_alternatives
+
 FILLER = ord("X")
 _CSA2_MAGIC = b"SV10"
 _CSA_TAG = struct.Struct("<64si4s3i")      # name, vm, vr, syngodt, n_items, xx
@@ -58,9 +60,9 @@ def identifier_bytes_pattern(tokens: frozenset[str]) -> re.Pattern[bytes] | None
                 pass
     if not encoded:
         return None
-    alternatives = b"|".join(re.escape(t) for t in sorted(encoded, key=len, reverse=True))
-    return re.compile(rb"(?<![A-Za-z0-9])(?:" + alternatives + rb")(?![A-Za-z0-9])",
-                      re.IGNORECASE)
+    # latin-1 decoding maps bytes 1:1, so the str pattern builder serves byte tokens too
+    pattern = bounded_alternatives(t.decode("latin-1") for t in encoded)
+    return re.compile(pattern.encode("latin-1"), re.IGNORECASE)
 
 
 def _fill(match: re.Match[bytes]) -> bytes:

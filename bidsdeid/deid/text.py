@@ -40,14 +40,30 @@ def identifier_tokens(identifiers: Iterable[str]) -> frozenset[str]:
     return frozenset(tokens)
 
 
+def bounded_alternatives(tokens: Iterable[str]) -> str:
+    """Regex alternation of ``tokens``, each only where it is not part of a longer word/number.
+
+    A name is found when no letter continues it (so "99ALDRIC" gives up "Aldric", but "Annual"
+    does not give up "Ann"); a number when no digit continues it; a mixed token when no letter
+    or digit does. Longest first, so "Doe^John" wins over "Doe".
+    """
+    parts = []
+    for token in sorted(tokens, key=len, reverse=True):
+        if token.isalpha():
+            edge = "A-Za-z"
+        elif token.isdigit():
+            edge = "0-9"
+        else:
+            edge = "A-Za-z0-9"
+        parts.append(f"(?<![{edge}]){re.escape(token)}(?![{edge}])")
+    return "|".join(parts)
+
+
 @lru_cache(maxsize=256)
 def _token_pattern(tokens: frozenset[str]) -> re.Pattern[str] | None:
     if not tokens:
         return None
-    # Longest first so "Doe^John" wins over "Doe"; letters/digits must not continue the token.
-    alternatives = sorted((re.escape(t) for t in tokens), key=len, reverse=True)
-    return re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(alternatives) + r")(?![A-Za-z0-9])",
-                      re.IGNORECASE)
+    return re.compile(bounded_alternatives(tokens), re.IGNORECASE)
 
 
 @lru_cache(maxsize=256)
