@@ -72,6 +72,8 @@ def run(
     private_dir: Annotated[Optional[Path], typer.Option(
         help="Key and ID mapping (default: OUTPUT_DIR's sibling '<name>_private').")] = None,
     n_procs: Annotated[Optional[int], typer.Option(help="Worker processes per participant.")] = None,
+    mem_gb: Annotated[Optional[float], typer.Option(
+        help="Memory budget (GB) for one participant's workers; fewer run at once to stay under it.")] = None,
     dry_run: Annotated[Optional[bool], typer.Option(
         "--dry-run", help="Print each series and its BIDS name or skip reason; write nothing.")] = None,
     list_participants: Annotated[Optional[bool], typer.Option(
@@ -102,7 +104,7 @@ def run(
             "input_dir": input_dir, "output_dir": output_dir, "analysis_level": analysis_level,
             "participant_labels": tuple(participant_label or ()), "heuristic": heuristic,
             "label_mapping": label_mapping, "slide_mapping": slide_mapping, "work_dir": work_dir, "keep_work": keep_work,
-            "private_dir": private_dir, "n_procs": n_procs, "dry_run": dry_run,
+            "private_dir": private_dir, "n_procs": n_procs, "mem_gb": mem_gb, "dry_run": dry_run,
             "list_participants": list_participants, "follow_symlinks": follow_symlinks,
             "deface": deface, "skull_strip": skull_strip, "redact": redact,
             "ocr_all_series": ocr_all_series, "verify": verify, "show_values": show_values,

@@ -32,6 +32,7 @@ class RunConfig:
     keep_work: bool = False
     private_dir: Path | None = None
     n_procs: int = 1
+    mem_gb: float | None = None  # memory budget for the worker processes of one participant
     dry_run: bool = False
     list_participants: bool = False
     verbose: int = 0
@@ -66,6 +67,8 @@ def _coerce(name: str, value: Any, base: Path) -> Any:
         raise ConfigError(f"{name} must be one of {', '.join(_CHOICES[name])}, not {value!r}")
     if name == "n_procs" and (not isinstance(value, int) or value < 1):
         raise ConfigError(f"n_procs must be a positive integer, not {value!r}")
+    if name == "mem_gb" and (not isinstance(value, int | float) or value <= 0):
+        raise ConfigError(f"mem_gb must be a positive number, not {value!r}")
     return value
 
 

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import traceback
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -281,15 +281,43 @@ def _collect_identifiers(subject: Subject) -> set[str]:
     return identifiers
 
 
-def _map_pool(jobs: list[SeriesJob], n_procs: int,
+# Working-set estimate of one series in a worker: the interpreter with its imports and the CNN,
+# plus a few copies of the series' pixels (scrubbed copy, dcm2niix's volume, the NIfTI).
+_WORKER_BASE_BYTES = 600 * 2**20
+_SERIES_COPIES = 4
+
+
+def series_memory_estimate(job: SeriesJob) -> int:
+    size = 0
+    for path in job.series.files:
+        try:
+            size += path.stat().st_size
+        except OSError:
+            continue
+    return _WORKER_BASE_BYTES + _SERIES_COPIES * size
+
+
+def _map_pool(jobs: list[SeriesJob], n_procs: int, mem_bytes: int | None,
               on_done: Callable[[SeriesOutcome], None]) -> None:
+    """Run the series jobs on ``n_procs`` workers, never starting one that would take the
+    estimated memory of the jobs in flight over ``mem_bytes`` (one job always runs)."""
     if n_procs <= 1 or len(jobs) <= 1:
         for job in jobs:
             on_done(process_series(job))
         return
+    pending = list(jobs)
+    in_flight: dict[Future, int] = {}
     with ProcessPoolExecutor(max_workers=n_procs) as pool:
-        for outcome in pool.map(process_series, jobs):
-            on_done(outcome)
+        while pending or in_flight:
+            while pending and len(in_flight) < n_procs:
+                need = series_memory_estimate(pending[0])
+                if in_flight and mem_bytes is not None and sum(in_flight.values()) + need > mem_bytes:
+                    break
+                in_flight[pool.submit(process_series, pending.pop(0))] = need
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                del in_flight[future]
+                on_done(future.result())
 
 
 def _write_outputs(output_dir: Path, subject: Subject, session: Session,
@@ -469,7 +497,8 @@ def run_subject(cfg: RunConfig, subject: Subject, private: PrivateDir, work_root
         outcomes[outcome.index] = outcome
         progress(f"sub-{subject.label} series {outcome.index}")
 
-    _map_pool([job for _, job in jobs], cfg.n_procs, done)
+    mem_bytes = int(cfg.mem_gb * 2**30) if cfg.mem_gb else None
+    _map_pool([job for _, job in jobs], cfg.n_procs, mem_bytes, done)
 
     written: set[Path] = set()
     good: dict[str | None, list[SeriesOutcome]] = {}

@@ -7,9 +7,10 @@
   and one whose SeriesDescription/ProtocolName carry path traversal and control characters;
 * one file per malformed case (``BadCase``), each of which must give exactly one error line
   naming it: zero-byte, truncated header, truncated pixels, a wrong VR, a wrong value length, an
-  undefined-length sequence without its delimiters, 5000 nested sequences, a huge declared element length, a pixel
-  "zip bomb" (4 GB declared pixel length), missing Type 1 UIDs, a series with mixed geometry,
-  corrupted JPEG pixel data, a text file named .dcm, a truncated twix file and a truncated SVS;
+  undefined-length sequence without its delimiters, 5000 nested sequences, a huge declared
+  element length, a pixel "zip bomb" (4 GB declared pixel length), missing Type 1 UIDs, a series
+  with mixed geometry, corrupted JPEG pixel data, a text file named .dcm, a truncated twix file
+  and a truncated SVS;
 * symbolic links (a file and a folder) to DICOM under ``outside``, which must not be followed.
 
 The malformed files sit in a folder named after a patient, so that a test can check that an error
@@ -116,7 +117,7 @@ def _pixel_length_offset(data: bytes) -> int:
     return at + 8
 
 
-def _bad_dicom_bytes() -> dict[str, tuple[bytes, str]]:
+def bad_dicom_bytes() -> dict[str, tuple[bytes, str]]:
     """Case name -> (file bytes, expected reason words), each built from a valid slice."""
     good = _encoded(_one_slice())
     cases: dict[str, tuple[bytes, str]] = {}
@@ -207,7 +208,7 @@ def make_bad_corpus(root: Path, outside: Path) -> Corpus:
 
     bad_dir = root / PATH_FOLDER
     bad_dir.mkdir(parents=True)
-    for name, (data, reason) in _bad_dicom_bytes().items():
+    for name, (data, reason) in bad_dicom_bytes().items():
         path = bad_dir / f"{name}.dcm"
         path.write_bytes(data)
         corpus.bad.append(BadCase(name, path, reason))
@@ -251,5 +252,6 @@ def _name_parts(values: list[str]) -> list[str]:
     for value in values:
         parts.add(value)
         for group in value.split("="):
-            parts.update(p for p in group.replace("^", " ").split() if len(p) >= 4 or len(p) >= 2 and not p.isascii())
+            parts.update(p for p in group.replace("^", " ").split()
+                         if len(p) >= 4 or (len(p) >= 2 and not p.isascii()))
     return sorted(parts)

@@ -119,3 +119,17 @@ def test_python_heuristic_escape_hatch(tmp_path):
 def test_version_flag():
     proc = run_cli("--version")
     assert proc.returncode == 0 and proc.stdout.startswith("bidsdeid ")
+
+
+@pytest.mark.parametrize("extra", [["--n-procs", "2"], ["--n-procs", "2", "--mem-gb", "0.5"]])
+def test_worker_processes_give_the_serial_output(tmp_path, extra):
+    src = tmp_path / "in"
+    for visit, date in (("a", "20230105"), ("b", "20240210")):
+        t1_series(src / visit, study_date=date)
+        t1_series(src / visit, study_date=date)
+    private = tmp_path / "private"
+    common = ["participant", "--no-deface", "--private-dir", private]
+    assert run_cli(src, tmp_path / "serial", *common).returncode == 0
+    proc = run_cli(src, tmp_path / "parallel", *common, *extra)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert tree_hashes(tmp_path / "parallel") == tree_hashes(tmp_path / "serial")

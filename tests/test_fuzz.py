@@ -32,7 +32,8 @@ PLANTED = ("Fuzzington", "Felicity", PLANTED_ID)
 FUZZ = settings(
     max_examples=int(os.environ.get("BIDSDEID_FUZZ_EXAMPLES", "150")),
     derandomize=not os.environ.get("BIDSDEID_FUZZ_RANDOM"),
-    database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    database=None, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 CTX = ScrubContext(key=b"\x01" * 32, date_shift_days=-40000, participant_label="fuzz01",
                    identifiers=frozenset({PLANTED_NAME, PLANTED_ID}))
 

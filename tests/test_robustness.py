@@ -70,8 +70,6 @@ def test_run_exits_1_without_a_traceback(run):
     assert "Traceback" not in run.proc.stderr, run.proc.stderr[-3000:]
 
 
-
-
 @pytest.mark.parametrize("name", badinputs.CASE_NAMES)
 def test_each_malformed_input_gets_one_error_line(run, name):
     case = next(c for c in run.corpus.bad if c.name == name)
@@ -97,7 +95,11 @@ def test_good_series_with_any_character_set_is_converted(run, patient_id):
 
 
 def test_series_with_control_characters_in_its_description_is_converted(run):
-    assert len(run.t1w_of("MRN10006")) == 1
+    niftis = run.t1w_of("MRN10006")
+    assert len(niftis) == 1
+    sidecar = niftis[0].with_name(niftis[0].name.replace(".nii.gz", ".json")).read_text()
+    assert "\x1b" not in sidecar and "\x00" not in sidecar, "control characters written raw"
+    json.loads(sidecar)  # strict: valid JSON for every BIDS tool
 
 
 def test_output_paths_hold_only_bids_characters(run):
@@ -131,7 +133,7 @@ def test_error_reasons_hold_no_identifier(run):
 
 
 def test_huge_declared_pixel_length_is_refused_by_the_scrub_stage(tmp_path):
-    data = badinputs._bad_dicom_bytes()["pixel_zip_bomb"][0]
+    data = badinputs.bad_dicom_bytes()["pixel_zip_bomb"][0]
     src = tmp_path / "bomb.dcm"
     src.write_bytes(data)
     ctx = ScrubContext(key=b"k" * 32, date_shift_days=-7, participant_label="x",
