@@ -45,6 +45,12 @@ _PARTICIPANTS_JSON = {
             "Levels": {"M": "male", "F": "female", "O": "other"}},
 }
 PARTICIPANT_COLUMNS = ("participant_id", "age", "sex")
+SAMPLE_COLUMNS = ("sample_id", "participant_id", "sample_type")
+_SAMPLES_JSON = {
+    "sample_id": {"Description": "Slide label: sample-<index> within its participant"},
+    "participant_id": {"Description": "Pseudonymous participant label"},
+    "sample_type": {"Description": "Biosample type (BIDS samples.tsv vocabulary)"},
+}
 
 
 def _json_text(data: Mapping) -> str:
@@ -93,17 +99,30 @@ def ensure_dataset_files(output_dir: Path, lock_dir: Path, name: str = "De-ident
         }))
 
 
-def upsert_participant(output_dir: Path, lock_dir: Path, row: Mapping[str, str]) -> None:
-    """Add or replace one participant's row in participants.tsv, sorted by label, under a lock."""
-    path = output_dir / "participants.tsv"
-    with FileLock(str(lock_dir / "participants.lock"), mode=0o600):
-        rows: dict[str, dict[str, str]] = {}
+def _upsert_row(path: Path, lock: Path, key: Sequence[str], columns: Sequence[str],
+                row: Mapping[str, str]) -> None:
+    """Add or replace the row with the same ``key`` columns in a TSV, sorted, under a lock."""
+    with FileLock(str(lock), mode=0o600):
+        rows: dict[tuple[str, ...], dict[str, str]] = {}
         if path.exists():
             with path.open(newline="", encoding="utf-8") as fh:
                 for existing in csv.DictReader(fh, delimiter="\t"):
-                    rows[existing["participant_id"]] = existing
-        rows[row["participant_id"]] = {c: row.get(c, "n/a") or "n/a" for c in PARTICIPANT_COLUMNS}
-        _write_if_changed(path, _tsv_text(PARTICIPANT_COLUMNS, [rows[k] for k in sorted(rows)]))
+                    rows[tuple(existing[k] for k in key)] = existing
+        rows[tuple(row[k] for k in key)] = {c: row.get(c, "n/a") or "n/a" for c in columns}
+        _write_if_changed(path, _tsv_text(columns, [rows[k] for k in sorted(rows)]))
+
+
+def upsert_participant(output_dir: Path, lock_dir: Path, row: Mapping[str, str]) -> None:
+    """Add or replace one participant's row in participants.tsv."""
+    _upsert_row(output_dir / "participants.tsv", lock_dir / "participants.lock",
+                ("participant_id",), PARTICIPANT_COLUMNS, row)
+
+
+def upsert_sample(output_dir: Path, lock_dir: Path, row: Mapping[str, str]) -> None:
+    """Add or replace one microscopy sample's row in samples.tsv (with samples.json)."""
+    _upsert_row(output_dir / "samples.tsv", lock_dir / "samples.lock",
+                ("participant_id", "sample_id"), SAMPLE_COLUMNS, row)
+    _write_if_changed(output_dir / "samples.json", _json_text(_SAMPLES_JSON))
 
 
 def write_scans_tsv(session_dir: Path, stem: str, rows: list[dict[str, str]]) -> Path:

@@ -86,6 +86,8 @@ def run(
         help="off, mask, brain or both: brain mask / brain image into derivatives/.")] = None,
     redact: Annotated[Optional[str], typer.Option(
         help="Burned-in text: all (default), identifiers, or off.")] = None,
+    wsi_bids: Annotated[Optional[bool], typer.Option(
+        "--wsi-bids", help="Also export cleaned slides as BIDS microscopy (micr/, OME-TIFF).")] = None,
     ocr_all_series: Annotated[Optional[bool], typer.Option(
         "--ocr-all-series", help="Look for burned-in text in every series.")] = None,
     verify: Annotated[Optional[bool], typer.Option(
@@ -107,7 +109,7 @@ def run(
             "private_dir": private_dir, "n_procs": n_procs, "mem_gb": mem_gb, "dry_run": dry_run,
             "list_participants": list_participants, "follow_symlinks": follow_symlinks,
             "deface": deface, "skull_strip": skull_strip, "redact": redact,
-            "ocr_all_series": ocr_all_series, "verify": verify, "show_values": show_values,
+            "ocr_all_series": ocr_all_series, "wsi_bids": wsi_bids, "verify": verify, "show_values": show_values,
             "verbose": verbose or None, "deid": parse_key_values(deid or []),
         }
         cfg = build_config(cli_values, config)

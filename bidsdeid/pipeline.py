@@ -412,6 +412,9 @@ def _clean_raw_files(cfg: RunConfig, subject: Subject, private: PrivateDir, scru
                     entry = {"file": str(rel), "kind": "slide", "format": result.format,
                              "removed_images": list(result.removed_images),
                              "scrubbed_fields": result.scrubbed_fields}
+                    if cfg.wsi_bids:
+                        entry["micr"] = str(_export_micr(cfg, subject, private, raw,
+                                                         cfg.output_dir / rel, index))
         except (TwixError, WsiError) as exc:
             failures.append(Failure(raw.path, raw.kind, exc.reason))
             continue
@@ -428,6 +431,21 @@ def _sourcedata_dicom_dir(subject: Subject, session: Session, outcome: SeriesOut
     target = outcome.target
     return (Path("sourcedata") / f"sub-{subject.label}" / f"ses-{session.label}" / "dicom"
             / target.stem(subject.label, session.label))
+
+
+def _export_micr(cfg: RunConfig, subject: Subject, private: PrivateDir, raw: RawFile,
+                 cleaned: Path, index: int) -> Path:
+    """A cleaned slide as BIDS microscopy: OME-TIFF + sidecar in micr/, a row in samples.tsv."""
+    from bidsdeid.rawdata.wsi import slide_micr_name, slide_to_ome_tiff
+
+    rel = slide_micr_name(subject.label, raw.session, index, cleaned.stat().st_size)
+    sidecar = slide_to_ome_tiff(cleaned, cfg.output_dir / rel)
+    stem = rel.name.split(".", 1)[0]
+    bids.write_json((cfg.output_dir / rel).with_name(f"{stem}.json"), sidecar)
+    bids.upsert_sample(cfg.output_dir, private.lock_dir, {
+        "sample_id": f"sample-{index:02d}", "participant_id": f"sub-{subject.label}",
+        "sample_type": "tissue"})
+    return rel
 
 
 def _remove_stale(session_dir: Path, keep: set[Path]) -> None:

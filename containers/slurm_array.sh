@@ -49,7 +49,15 @@ trap 'rm -rf "$work_dir"' EXIT
 n_procs=${SLURM_CPUS_PER_TASK:-1}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 
+# The workers' memory budget: 90% of the allocation (--mem, or --mem-per-cpu times the CPUs),
+# the rest for the main process. Fewer series then run at once when they are large.
+mem_mb=${SLURM_MEM_PER_NODE:-$(( ${SLURM_MEM_PER_CPU:-0} * n_procs ))}
+mem_options=()
+if [ "$mem_mb" -gt 0 ]; then
+  mem_options=(--mem-gb "$(awk -v mb="$mem_mb" 'BEGIN { printf "%.2f", mb * 0.9 / 1024 }')")
+fi
+
 read -r -a bidsdeid_cmd <<< "${BIDSDEID:-bidsdeid}"
 "${bidsdeid_cmd[@]}" "$input_dir" "$output_dir" participant \
   --participant-label "$label" --private-dir "$private_dir" \
-  --work-dir "$work_dir" --n-procs "$n_procs" --verify "$@"
+  --work-dir "$work_dir" --n-procs "$n_procs" "${mem_options[@]}" --verify "$@"

@@ -141,3 +141,20 @@ def test_unknown_config_option_is_a_usage_error(demo_run, tmp_path):
     config.write_text("n_porcs = 2\n")
     proc = run_cli(manifest.root, tmp_path / "out", "participant", "--config", config)
     assert proc.returncode == 2 and "n_porcs" in proc.stderr
+
+
+def test_group_stage_passes_on_the_demo_output(demo_run):
+    manifest, root, _, _ = demo_run
+    proc = run_cli(manifest.root, root / "bids", "group")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "residual identifiers: 0" in proc.stderr
+    report = root / "bids" / "derivatives" / "bidsdeid" / "report.html"
+    assert report.exists() and "<html" in report.read_text().lower()
+    assert find_tokens(root / "bids", manifest.tokens) == [], "the report must not leak either"
+
+
+def test_defacing_qc_pictures_are_written(demo_run):
+    _, root, _, _ = demo_run
+    pictures = list((root / "bids" / "derivatives" / "bidsdeid" / "qc").glob("sub-*/*_deface.png"))
+    anat = list((root / "bids").glob("sub-*/ses-*/anat/*.nii.gz"))
+    assert len(pictures) == len(anat), "one defacing QC picture per anatomical image"

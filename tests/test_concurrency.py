@@ -38,12 +38,13 @@ def test_parallel_participant_jobs_match_a_serial_run(tmp_path):
     assert len(labels) == 4, f"expected 4 demo participants, got {labels}"
     common = ["--private-dir", private, "--no-deface"]
     run_cli(manifest.root, tmp_path / "serial", "participant", *common, check=True)
-    # Half of the jobs also run a process pool of their own (--n-procs 2).
+    # Jobs 2 and 4 run a process pool of their own; job 4's memory budget is below two workers'
+    # estimate, so its pool runs one series at a time.
+    pools = [(), ("--n-procs", "2"), (), ("--n-procs", "2", "--mem-gb", "1")]
     jobs = [subprocess.Popen(_participant_cmd(manifest.root, tmp_path / "parallel", *common,
-                                              "--participant-label", label,
-                                              "--n-procs", str(1 + number % 2)),
+                                              "--participant-label", label, *pool),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for number, label in enumerate(labels)]
+            for label, pool in zip(labels, pools, strict=True)]
     for job in jobs:
         _, err = job.communicate(timeout=600)
         assert job.returncode == 0, err[-2000:]

@@ -174,7 +174,8 @@ def _run_array_task(task: int | None, *arguments: str | Path) -> subprocess.Comp
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env["BIDSDEID"] = f"{sys.executable} -m bidsdeid"
     if task is not None:
-        env |= {"SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "1"}
+        env |= {"SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_JOB_ID": "7",
+                "SLURM_CPUS_PER_TASK": "1", "SLURM_MEM_PER_NODE": "2048"}
     return subprocess.run(["bash", str(SLURM_SCRIPT), *map(str, arguments)], env=env,
                           capture_output=True, text=True, timeout=300, check=False)
 

@@ -793,7 +793,9 @@ def slide_to_ome_tiff(cleaned: Path, dst: Path) -> dict[str, Any]:
             if not levels or any(p.planarconfig != 1 for p in levels):
                 raise _Broken("only tiled, interleaved pyramids can be stored as OME-TIFF "
                               "without re-encoding")
-            with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tw:
+            # BigTIFF only when needed: BIDS wants the .ome.btf extension for it
+            bigtiff = dst.name.endswith(".ome.btf")
+            with tifffile.TiffWriter(tmp, bigtiff=bigtiff, ome=True) as tw:
                 for number, page in enumerate(levels):
                     layout = {"shape": page.shape, "dtype": page.dtype, "tile": page.tile,
                               "compression": page.compression, "photometric": page.photometric,
@@ -814,14 +816,20 @@ def slide_to_ome_tiff(cleaned: Path, dst: Path) -> dict[str, Any]:
     return sidecar
 
 
-def slide_micr_name(subject: str, session: str | None, index: int) -> Path:
-    """BIDS microscopy path of an exported slide, ``sub-01/micr/sub-01_sample-01_BF.ome.tif``."""
+# Classic TIFF offsets are 32-bit: larger slides are exported as BigTIFF (.ome.btf).
+CLASSIC_TIFF_LIMIT = 3_500_000_000
+
+
+def slide_micr_name(subject: str, session: str | None, index: int, size: int = 0) -> Path:
+    """BIDS microscopy path of an exported slide, ``sub-01/micr/sub-01_sample-01_BF.ome.tif``
+    (``.ome.btf`` when the slide's ``size`` in bytes needs BigTIFF)."""
     if index < 1:
         raise ValueError("slide index starts at 1")
     stem = "_".join([f"sub-{subject}", *([f"ses-{session}"] if session else []),
                      f"sample-{index:02d}", "BF"])
     folder = Path(f"sub-{subject}") / (f"ses-{session}" if session else "")
-    return folder / "micr" / f"{stem}.ome.tif"
+    extension = ".ome.btf" if size > CLASSIC_TIFF_LIMIT else ".ome.tif"
+    return folder / "micr" / f"{stem}{extension}"
 
 
 # --- detection -----------------------------------------------------------------------------
