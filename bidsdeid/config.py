@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,11 @@ from bidsdeid.deid.options import DeidOptions
 AnalysisLevel = Literal["participant", "group"]
 SkullStrip = Literal["off", "mask", "brain", "both"]
 RedactMode = Literal["all", "identifiers", "off"]
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (respects taskset, cgroups and SLURM's binding)."""
+    return len(os.sched_getaffinity(0))
 
 
 class ConfigError(ValueError):
@@ -31,7 +37,7 @@ class RunConfig:
     work_dir: Path | None = None
     keep_work: bool = False
     private_dir: Path | None = None
-    n_procs: int = 1
+    n_procs: int = field(default_factory=lambda: available_cpus())
     mem_gb: float | None = None  # memory budget for the worker processes of one participant
     dry_run: bool = False
     list_participants: bool = False

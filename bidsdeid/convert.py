@@ -51,7 +51,8 @@ def run_dcm2niix(dicom_dir: Path, out_dir: Path) -> tuple[list[Dcm2niixOutput], 
     out_dir.mkdir(parents=True, exist_ok=True)
     # -w 2: when dcm2niix splits a series (mixed geometry), each part gets its own file name, so
     # nothing is overwritten and name_outputs refuses parts it cannot tell apart.
-    cmd = [dcm2niix_executable(), "-b", "y", "-ba", "y", "-z", "y", "-c", "", "-w", "2",
+    # -z n: the sanitizer rewrites the header anyway and compresses in that same pass.
+    cmd = [dcm2niix_executable(), "-b", "y", "-ba", "y", "-z", "n", "-c", "", "-w", "2",
            "-f", "series", "-o", str(out_dir), str(dicom_dir)]
     # HOME points at the work dir so a user's ~/.dcm2nii.ini cannot change the conversion.
     env = dict(os.environ, HOME=str(out_dir))

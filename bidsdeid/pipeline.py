@@ -215,10 +215,13 @@ def _convert_and_sanitize(job: SeriesJob, dicom_dir: Path, nifti_dir: Path,
                 outcome.sidecar_actions.merge(sanitize_sidecar_file(
                     output.sidecar, policy, job.options, job.scrub.date_shift_days,
                     job.scrub.identifiers))
-            sanitize_nifti(output.nifti)
+            nifti = output.nifti
+            if nifti.suffix == ".nii":  # compressed in the sanitizing pass
+                nifti = nifti.with_name(nifti.name + ".gz")
+            sanitize_nifti(output.nifti, nifti)
         except SanitizeError as exc:
             raise _StageError(f"sanitizing failed: {exc}") from exc
-        item = ProducedFile(target, output.nifti, output.sidecar, output.extras)
+        item = ProducedFile(target, nifti, output.sidecar, output.extras)
         if job.deface and target.datatype == "anat" and target.suffix in ANAT_DEFACE_SUFFIXES:
             _deface(job, item, nifti_dir)
         outcome.produced.append(item)

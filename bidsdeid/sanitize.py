@@ -240,23 +240,31 @@ _NIFTI2 = _NiftiLayout(header_size=540, magic=(4, b"n+2\0"), vox_offset=(168, "q
                        text_fields=((240, 80), (320, 24), (508, 16), (525, 15)))
 
 
-def sanitize_nifti(path: Path) -> None:
+def _is_gz(path: Path) -> bool:
+    if path.name.endswith(".nii.gz"):
+        return True
+    if path.name.endswith(".nii"):
+        return False
+    raise SanitizeError(f"{path}: not a .nii or .nii.gz file")
+
+
+def sanitize_nifti(path: Path, dst: Path | None = None) -> None:
     """Rewrite a .nii or .nii.gz without free-text header fields or header extensions.
 
     descrip becomes ``bidsdeid``; aux_file, intent_name and the unused text fields are zeroed;
     extensions are removed (vox_offset moves to right after the header). All other header bytes
     (dims, datatype, scaling, qform/sform and their codes) and the voxel bytes are copied as they
-    are. The file is streamed, so memory use does not grow with the image.
+    are. The file is streamed, so memory use does not grow with the image. With ``dst`` the
+    result goes there instead (``.nii`` -> ``.nii.gz`` compresses it in the same pass).
     """
-    compressed = path.name.endswith(".nii.gz")
-    if not compressed and not path.name.endswith(".nii"):
-        raise SanitizeError(f"{path}: not a .nii or .nii.gz file")
-    opener: Callable[..., IO[bytes]] = gzip.open if compressed else open
+    dst = dst or path
+    compressed_in, compressed_out = _is_gz(path), _is_gz(dst)
+    opener: Callable[..., IO[bytes]] = gzip.open if compressed_in else open
     try:
         with opener(path, "rb") as source:
             header = _clean_header(source, path)
-            _replace_atomically(path, lambda target: _write_nifti(target, header, source,
-                                                                  compressed))
+            _replace_atomically(dst, lambda target: _write_nifti(target, header, source,
+                                                                 compressed_out))
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise SanitizeError(f"{path}: cannot rewrite NIfTI ({exc})") from exc
 

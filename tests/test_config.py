@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ def base(**extra):
 
 def test_defaults_suit_an_openneuro_release():
     cfg = build_config(base())
-    assert cfg.deface and cfg.redact == "all" and cfg.n_procs == 1
+    assert cfg.deface and cfg.redact == "all" and cfg.n_procs == len(os.sched_getaffinity(0))
     assert cfg.deid.retain_long_dates == "modified" and not cfg.deid.retain_uids
 
 

@@ -24,6 +24,11 @@ HEAD_TOP_MARGIN_MM = 20.0  # the synthetic training grids put the head top this 
 FINE_SPACING, FINE_MAX = 2.5, 96
 BRAIN_MARGIN_MM = 15.0
 PROTECT_MM = 6.0  # defacing never touches voxels this close to the predicted brain
+# Probability thresholds chosen on synthetic validation pairs (never on the real test heads):
+# face 0.3 raises face recall from 0.80 to 0.88 (extra removal is non-brain tissue or air);
+# for the brain no threshold in 0.3-0.5 was clearly better (Dice 0.81-0.82), so 0.5 stays.
+FACE_THRESHOLD = 0.3
+BRAIN_THRESHOLD = 0.5
 
 
 class DefaceError(Exception):
@@ -134,13 +139,13 @@ def predict_masks(model: torch.nn.Module, data: np.ndarray, affine: np.ndarray) 
     image = normalise_intensity(sample_native_on_grid(volume, affine, c_aff, c_shape))
     # Outside the acquired field of view the network was never trained (no target there).
     coarse = torch.sigmoid(model(image[None]))[0] * _inside(data.shape, affine, c_aff, c_shape)
-    coarse_brain = _largest_component(coarse[0].numpy() > 0.5)
+    coarse_brain = _largest_component(coarse[0].numpy() > BRAIN_THRESHOLD)
     if not coarse_brain.any():
         raise DefaceError("no brain found: is this a head MRI volume?")
     f_aff, f_shape = fine_grid(coarse_brain, c_aff)
     image = normalise_intensity(sample_native_on_grid(volume, affine, f_aff, f_shape))
     fine_brain = torch.sigmoid(model(image[None]))[0, 0] * _inside(data.shape, affine, f_aff, f_shape)
-    fine_brain = fine_brain.numpy() > 0.5
+    fine_brain = fine_brain.numpy() > BRAIN_THRESHOLD
     # The fine pass may only refine the coarse brain's edge, not find a brain elsewhere.
     near_coarse = _resample(torch.as_tensor(coarse_brain[None].astype(np.float32)),
                             np.linalg.inv(c_aff) @ f_aff, f_shape)[0].numpy() > 0.5
@@ -167,7 +172,7 @@ def predict_masks(model: torch.nn.Module, data: np.ndarray, affine: np.ndarray) 
         b, close = _resample(fine, to_fine, shp)
         b = b > 0.5
         near_brain = close > PROTECT_MM
-        f = _resample(coarse[1:2], to_coarse, shp)[0] > 0.5
+        f = _resample(coarse[1:2], to_coarse, shp)[0] > FACE_THRESHOLD
         brain[start:stop] = b.numpy()
         face[start:stop] = (f & ~near_brain & ~b).numpy()
     return NativeMasks(brain, face)

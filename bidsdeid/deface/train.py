@@ -1,6 +1,6 @@
 """Train the defacing U-Net on synthetic heads (CPU, time-boxed, resumable).
 
-    python -m bidsdeid.deface.train --minutes 45 --out models/deface_unet.pt \
+    python -m bidsdeid.deface.train --steps 652 --out models/deface_unet.pt \
         --mni152-head ../shared/data/heads/register_MNI152_T1_2mm.nii.gz
 
 Needs the ``pydeface`` and ``nilearn`` wheels installed (``pip install --no-deps``: only their
@@ -60,7 +60,10 @@ def load_or_build_atlas(cache: Path, mni152_head: Path | None) -> list[AtlasHead
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("models/deface_unet.pt"))
-    ap.add_argument("--minutes", type=float, default=45.0)
+    ap.add_argument("--minutes", type=float, default=45.0, help="wall-time budget")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="stop after this many steps (the learning-rate schedule then follows "
+                    "steps, not time, so a run is repeatable on any machine)")
     ap.add_argument("--mni152-head", type=Path, default=None)
     ap.add_argument("--atlas-cache", type=Path, default=Path("/tmp/bidsdeid_deface_atlas"))
     ap.add_argument("--checkpoint-every", type=int, default=50)
@@ -83,8 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     budget = args.minutes * 60
     start = time.monotonic() - elapsed
     running = None
-    while time.monotonic() - start < budget:
-        frac = (time.monotonic() - start) / budget
+    while (step < args.steps) if args.steps else (time.monotonic() - start < budget):
+        frac = step / args.steps if args.steps else (time.monotonic() - start) / budget
         for group in opt.param_groups:  # cosine decay over the time budget
             group["lr"] = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         sample = synthesise(heads[step % len(heads)], rng)
