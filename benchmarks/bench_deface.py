@@ -84,7 +84,7 @@ def spawn(method: str, heads: Path, out: Path, mask_dir: Path | None) -> dict | 
     cmd = [sys.executable, __file__, "--worker", method, "--heads", str(heads), "--out", str(out)]
     if mask_dir is not None:
         cmd += ["--mask-dir", str(mask_dir)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         print(f"{method}: failed: {done.stderr.strip().splitlines()[-1:]}")
         return None
@@ -135,9 +135,9 @@ def main() -> None:
             out = tmp / dirs.get(method, "quickshear")
             for name in HEADS:
                 s = score(name, args.heads, args.refs, out)
-                fmt = lambda k: f"{s[k]:.4f}" if k in s else "-"  # noqa: E731
+                cells = [f"{s[k]:.4f}" if k in s else "-" for k in ("brain_kept", "face_gone", "dice")]
                 print(f"{method:28s} {name:24s} {run['seconds'][name]:8.2f} "
-                      f"{fmt('brain_kept'):>10s} {fmt('face_gone'):>9s} {fmt('dice'):>6s}")
+                      f"{cells[0]:>10s} {cells[1]:>9s} {cells[2]:>6s}")
             print(f"{method:28s} startup {run['startup']:.1f} s, peak RSS {run['peak_mb']:.0f} MB")
 
 

@@ -28,7 +28,10 @@ found, optionally required to be one of ``choices`` (written as spelled there). 
 found and there is no ``default``, the rule does not match (``default = ""`` leaves the entity
 out instead). Labels are reduced to letters and
 digits and rejected when they look like an identifier (long digit runs, the patient's names or
-IDs), so a heuristic cannot carry an identifier into a file name.
+IDs), so a heuristic cannot carry an identifier into a file name. ``datatype = "dicom"`` keeps
+the series as de-identified (and burned-in-text redacted) DICOM under ``sourcedata/`` instead
+of converting it. A file with ``extends = "default"`` tries its own rules first, then those of
+that shipped heuristic.
 
 Python plug-ins (``--heuristic my_rules.py``) define the contract::
 

@@ -29,8 +29,14 @@ def model() -> torch.nn.Module:
 def defaced_small_head(tmp_path_factory, model):
     src = shared_path(*SMALL_HEAD)
     out = tmp_path_factory.mktemp("deface")
-    result = deface_file(src, out / "defaced.nii.gz", brain_mask=out / "mask.nii.gz",
-                         brain_extracted=out / "brain.nii.gz", qc=True, model=model)
+    result = deface_file(
+        src,
+        out / "defaced.nii.gz",
+        brain_mask=out / "mask.nii.gz",
+        brain_extracted=out / "brain.nii.gz",
+        qc=True,
+        model=model,
+    )
     return src, out, result
 
 
@@ -102,7 +108,7 @@ def test_zeroed_region_lies_in_front_of_and_below_the_brain(defaced_small_head):
     after = np.asanyarray(nib.load(out / "defaced.nii.gz").dataobj)
     zeroed = (np.asanyarray(img.dataobj) != 0) & (after == 0)
     brain = np.asanyarray(nib.load(out / "mask.nii.gz").dataobj) > 0
-    centre = lambda m: nib.affines.apply_affine(img.affine, np.argwhere(m).mean(0))  # noqa: E731
+    centre = lambda m: nib.affines.apply_affine(img.affine, np.argwhere(m).mean(0))
     face_c, brain_c = centre(zeroed), centre(brain)
     assert face_c[1] > brain_c[1] + 30, f"zeroed voxels not anterior: {face_c} vs {brain_c}"
     assert face_c[2] < brain_c[2], f"zeroed voxels not inferior: {face_c} vs {brain_c}"
@@ -131,12 +137,14 @@ def test_masks_do_not_depend_on_voxel_axis_order(tmp_path, model, defaced_small_
     data = np.asanyarray(img.dataobj)
     swapped = np.flip(data.transpose(2, 0, 1), axis=1)
     # new voxel (a, b, c) holds old voxel (n - 1 - b, c, a)
-    index_map = np.array([[0, -1, 0, data.shape[0] - 1], [0, 0, 1, 0], [1, 0, 0, 0],
-                          [0, 0, 0, 1]], float)
+    index_map = np.array(
+        [[0, -1, 0, data.shape[0] - 1], [0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], float
+    )
     moved = tmp_path / "moved.nii.gz"
     nib.save(nib.Nifti1Image(np.ascontiguousarray(swapped), img.affine @ index_map), moved)
-    deface_file(moved, tmp_path / "d.nii.gz", brain_mask=tmp_path / "m.nii.gz", qc=False,
-                model=model)
+    deface_file(
+        moved, tmp_path / "d.nii.gz", brain_mask=tmp_path / "m.nii.gz", qc=False, model=model
+    )
     mask_moved = np.asanyarray(nib.load(tmp_path / "m.nii.gz").dataobj) > 0
     mask_back = np.flip(mask_moved, axis=1).transpose(1, 2, 0)
     mask = np.asanyarray(nib.load(out / "mask.nii.gz").dataobj) > 0
@@ -149,10 +157,16 @@ def test_resampler_matches_scipy_inside_the_volume():
 
     rng = np.random.default_rng(0)
     volume = rng.random((12, 14, 16)).astype(np.float32)
-    out_to_in = np.array([[0.9, 0.1, 0, 1], [0, 1.1, 0.05, 0.5], [0.02, 0, 0.8, -0.5], [0, 0, 0, 1]])
+    out_to_in = np.array(
+        [[0.9, 0.1, 0, 1], [0, 1.1, 0.05, 0.5], [0.02, 0, 0.8, -0.5], [0, 0, 0, 1]]
+    )
     ours = _resample(torch.as_tensor(volume)[None], out_to_in, (9, 10, 12))[0].numpy()
     ref = ndimage.affine_transform(volume, out_to_in, order=1, output_shape=(9, 10, 12))
-    inside = ndimage.affine_transform(np.ones_like(volume), out_to_in, order=0,
-                                      output_shape=(9, 10, 12), cval=0) > 0
+    inside = (
+        ndimage.affine_transform(
+            np.ones_like(volume), out_to_in, order=0, output_shape=(9, 10, 12), cval=0
+        )
+        > 0
+    )
     inside = ndimage.binary_erosion(inside)
     assert np.allclose(ours[inside], ref[inside], atol=1e-5)

@@ -81,7 +81,9 @@ def main(heads_dir: Path, out_dir: Path, atlas_labels: Path) -> None:
         for kind, mask in (("brain", brain), ("face", ref_face)):
             img = subject.new_image_like(mask.astype(np.float32))
             ants.image_write(img.astype("uint8"), str(out_dir / f"{name}_{kind}.nii.gz"))
-        print(name, "brain voxels", int(brain.sum()), "face voxels", int(ref_face.sum()), flush=True)
+        print(
+            name, "brain voxels", int(brain.sum()), "face voxels", int(ref_face.sum()), flush=True
+        )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,9 @@ def load_volume(src: Path) -> nib.Nifti1Image:
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) > 3:
-        raise DefaceError(f"{src.name}: {len(shape)}D input {img.shape}: defacing needs a 3D "
-                          "anatomical volume")
+        raise DefaceError(
+            f"{src.name}: {len(shape)}D input {img.shape}: defacing needs a 3D anatomical volume"
+        )
     if len(shape) < 3 or min(shape) < 8:
         raise DefaceError(f"{src.name}: shape {img.shape} is not a 3D volume")
     return img
@@ -55,8 +56,13 @@ def nifti_bytes_like(img: nib.Nifti1Image, raw: np.ndarray, gz: bool) -> bytes:
     header = img.header.copy()
     buf = io.BytesIO()
     header.write_to(buf)
-    nib.volumeutils.array_to_file(raw.reshape(img.shape), buf, header.get_data_dtype(),
-                                  offset=int(header["vox_offset"]), order="F")
+    nib.volumeutils.array_to_file(
+        raw.reshape(img.shape),
+        buf,
+        header.get_data_dtype(),
+        offset=int(header["vox_offset"]),
+        order="F",
+    )
     data = buf.getvalue()
     return gzip.compress(data, compresslevel=1, mtime=0) if gz else data
 
@@ -106,14 +112,15 @@ def deface_file(
     zero = _zero_value(img, raw.dtype)
     defaced = raw.copy()
     defaced[masks.face] = zero
-    gz = lambda p: p.name.endswith(".gz")  # noqa: E731 - local shorthand
+    gz = lambda p: p.name.endswith(".gz")
     atomic_write_bytes(dst, nifti_bytes_like(img, defaced, gz(dst)))
     if brain_mask is not None:
         atomic_write_bytes(Path(brain_mask), mask_bytes(img, masks.brain, gz(Path(brain_mask))))
     if brain_extracted is not None:
         stripped = np.where(masks.brain, raw, zero).astype(raw.dtype)
-        atomic_write_bytes(Path(brain_extracted),
-                           nifti_bytes_like(img, stripped, gz(Path(brain_extracted))))
+        atomic_write_bytes(
+            Path(brain_extracted), nifti_bytes_like(img, stripped, gz(Path(brain_extracted)))
+        )
     seconds = time.perf_counter() - start
     picture = None
     if qc:

@@ -88,9 +88,15 @@ def build_head(
     t1, t1_aff = icbm["t1"]
     brain_ref = (t1 > 0).astype(np.float32)
     # head world -> ICBM world, fitted on the ICBM brain only (the ICBM image has no skull).
-    to_icbm = np.linalg.inv(register_affine(t1, t1_aff, intensity, affine,
-                                            fixed_weight=ndimage.binary_dilation(
-                                                brain_ref > 0, iterations=3)))
+    to_icbm = np.linalg.inv(
+        register_affine(
+            t1,
+            t1_aff,
+            intensity,
+            affine,
+            fixed_weight=ndimage.binary_dilation(brain_ref > 0, iterations=3),
+        )
+    )
     brain = _warp(brain_ref, t1_aff, intensity.shape, affine, to_icbm) > 0.5
     gm = _warp(icbm["gm"][0], t1_aff, intensity.shape, affine, to_icbm)
     wm = _warp(icbm["wm"][0], t1_aff, intensity.shape, affine, to_icbm)
@@ -114,9 +120,14 @@ def build_head(
 
 def build_atlas(mni152_head: Path | None = None) -> list[AtlasHead]:
     """The training heads: pydeface's mean head, plus the FSL MNI152 head when given."""
-    icbm = {k: _load(package_file(
-        "nilearn", f"datasets/data/mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz"))
-        for k in ("t1", "gm", "wm")}
+    icbm = {
+        k: _load(
+            package_file(
+                "nilearn", f"datasets/data/mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz"
+            )
+        )
+        for k in ("t1", "gm", "wm")
+    }
     pd_head = package_file("pydeface", "data/mean_reg2mean.nii.gz")
     face = _load(package_file("pydeface", "data/facemask.nii.gz"))
     heads = [build_head("pydeface_mean", pd_head, icbm, face, np.eye(4))]

@@ -16,7 +16,9 @@ def normalise_intensity(image: torch.Tensor) -> torch.Tensor:
     return (image / level.clamp_min(1e-6)).clamp(0, 1.5)
 
 
-def axis_aligned_grid(centre: np.ndarray, spacing: float, shape: tuple[int, int, int]) -> np.ndarray:
+def axis_aligned_grid(
+    centre: np.ndarray, spacing: float, shape: tuple[int, int, int]
+) -> np.ndarray:
     """Affine of a RAS-aligned grid of ``shape`` voxels of ``spacing`` mm centred on ``centre``."""
     affine = np.diag([spacing, spacing, spacing, 1.0])
     affine[:3, 3] = np.asarray(centre, float) - spacing * (np.asarray(shape) - 1) / 2

@@ -60,19 +60,20 @@ def load_model() -> torch.nn.Module:
     raise DefaceError(f"model weights {MODEL_FILE} not found in {[str(p) for p in model_paths()]}")
 
 
-def _voxel_to_grid(native_affine: np.ndarray, grid_affine: np.ndarray) -> np.ndarray:
-    return np.linalg.inv(grid_affine) @ native_affine
-
-
 def sample_native_on_grid(
-    data: torch.Tensor, native_affine: np.ndarray, grid_affine: np.ndarray, shape: tuple[int, int, int]
+    data: torch.Tensor,
+    native_affine: np.ndarray,
+    grid_affine: np.ndarray,
+    shape: tuple[int, int, int],
 ) -> torch.Tensor:
     """Trilinear samples of the native volume at the grid's voxel centres (0 outside)."""
     grid_to_native = np.linalg.inv(native_affine) @ grid_affine
     return _resample(data, grid_to_native, shape)
 
 
-def _resample(volume: torch.Tensor, out_to_in: np.ndarray, shape: tuple[int, int, int]) -> torch.Tensor:
+def _resample(
+    volume: torch.Tensor, out_to_in: np.ndarray, shape: tuple[int, int, int]
+) -> torch.Tensor:
     """Trilinear samples of a (C, I, J, K) volume on an output grid (0 outside).
 
     ``out_to_in`` maps output voxel indices to input voxel indices. The sampling grid is built
@@ -86,10 +87,14 @@ def _resample(volume: torch.Tensor, out_to_in: np.ndarray, shape: tuple[int, int
     grid = torch.empty((*shape, 3), dtype=torch.float32)
     for out_axis, in_axis in enumerate((2, 1, 0)):  # grid_sample wants (x, y, z) = (K, J, I)
         row = m[in_axis]
-        grid[..., out_axis] = ((row[0] * i + row[3])[:, None, None]
-                               + (row[1] * j)[None, :, None] + (row[2] * k)[None, None, :])
-    return F.grid_sample(volume[None], grid[None], mode="bilinear", padding_mode="zeros",
-                         align_corners=True)[0]
+        grid[..., out_axis] = (
+            (row[0] * i + row[3])[:, None, None]
+            + (row[1] * j)[None, :, None]
+            + (row[2] * k)[None, None, :]
+        )
+    return F.grid_sample(
+        volume[None], grid[None], mode="bilinear", padding_mode="zeros", align_corners=True
+    )[0]
 
 
 def _world_points(mask: np.ndarray, affine: np.ndarray, max_points: int = 400_000) -> np.ndarray:
@@ -114,12 +119,19 @@ def coarse_grid(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
     world = _world_points(head, sub_affine)
     top = np.percentile(world[:, 2], 99.8)
     upper = world[world[:, 2] > top - 120.0]
-    centre = np.array([upper[:, 0].mean(), upper[:, 1].mean(),
-                       top - (COARSE_SIZE * COARSE_SPACING / 2 - HEAD_TOP_MARGIN_MM)])
+    centre = np.array(
+        [
+            upper[:, 0].mean(),
+            upper[:, 1].mean(),
+            top - (COARSE_SIZE * COARSE_SPACING / 2 - HEAD_TOP_MARGIN_MM),
+        ]
+    )
     return axis_aligned_grid(centre, COARSE_SPACING, (COARSE_SIZE,) * 3)
 
 
-def fine_grid(brain: np.ndarray, grid_affine: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
+def fine_grid(
+    brain: np.ndarray, grid_affine: np.ndarray
+) -> tuple[np.ndarray, tuple[int, int, int]]:
     """A finer grid around the coarse brain, each side a multiple of 8 voxels."""
     world = _world_points(brain, grid_affine)
     lo = world.min(0) - BRAIN_MARGIN_MM
@@ -144,11 +156,19 @@ def predict_masks(model: torch.nn.Module, data: np.ndarray, affine: np.ndarray) 
         raise DefaceError("no brain found: is this a head MRI volume?")
     f_aff, f_shape = fine_grid(coarse_brain, c_aff)
     image = normalise_intensity(sample_native_on_grid(volume, affine, f_aff, f_shape))
-    fine_brain = torch.sigmoid(model(image[None]))[0, 0] * _inside(data.shape, affine, f_aff, f_shape)
+    fine_brain = torch.sigmoid(model(image[None]))[0, 0] * _inside(
+        data.shape, affine, f_aff, f_shape
+    )
     fine_brain = fine_brain.numpy() > BRAIN_THRESHOLD
     # The fine pass may only refine the coarse brain's edge, not find a brain elsewhere.
-    near_coarse = _resample(torch.as_tensor(coarse_brain[None].astype(np.float32)),
-                            np.linalg.inv(c_aff) @ f_aff, f_shape)[0].numpy() > 0.5
+    near_coarse = (
+        _resample(
+            torch.as_tensor(coarse_brain[None].astype(np.float32)),
+            np.linalg.inv(c_aff) @ f_aff,
+            f_shape,
+        )[0].numpy()
+        > 0.5
+    )
     near_coarse = ndimage.binary_dilation(near_coarse, iterations=3)
     brain_bin = _largest_component(fine_brain & near_coarse)
     filled = ndimage.binary_fill_holes(brain_bin)

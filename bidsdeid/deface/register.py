@@ -33,16 +33,26 @@ def sample_at_world(
     grid = norm.flip(-1).reshape(1, *world.shape[:-1], 3)
     if grid.dim() == 3:
         grid = grid.reshape(1, 1, 1, -1, 3)
-    out = F.grid_sample(
-        volume[None], grid, mode=mode, padding_mode="zeros", align_corners=True
-    )
+    out = F.grid_sample(volume[None], grid, mode=mode, padding_mode="zeros", align_corners=True)
     return out[0].reshape(volume.shape[0], *world.shape[:-1])
 
 
-def isotropic_grid(shape: tuple[int, ...], affine: np.ndarray, spacing: float) -> tuple[tuple[int, int, int], np.ndarray]:
+def isotropic_grid(
+    shape: tuple[int, ...], affine: np.ndarray, spacing: float
+) -> tuple[tuple[int, int, int], np.ndarray]:
     """An axis-aligned (world) grid of ``spacing`` mm covering the volume's bounding box."""
-    corners = np.array([[i, j, k, 1] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
-                        for k in (0, shape[2] - 1)], dtype=float) @ affine.T
+    corners = (
+        np.array(
+            [
+                [i, j, k, 1]
+                for i in (0, shape[0] - 1)
+                for j in (0, shape[1] - 1)
+                for k in (0, shape[2] - 1)
+            ],
+            dtype=float,
+        )
+        @ affine.T
+    )
     lo, hi = corners[:, :3].min(0), corners[:, :3].max(0)
     n = np.ceil((hi - lo) / spacing).astype(int) + 1
     grid_affine = np.diag([spacing, spacing, spacing, 1.0])
@@ -77,8 +87,11 @@ def register_affine(
     """
     fixed_t = _normalise(torch.as_tensor(np.asarray(fixed, np.float32)))[None]
     moving_t = _normalise(torch.as_tensor(np.asarray(moving, np.float32)))[None]
-    weight_t = None if fixed_weight is None else torch.as_tensor(
-        np.asarray(fixed_weight, np.float32))[None]
+    weight_t = (
+        None
+        if fixed_weight is None
+        else torch.as_tensor(np.asarray(fixed_weight, np.float32))[None]
+    )
     shift = _centroid(moving, moving_affine) - _centroid(fixed, fixed_affine)
     linear = torch.zeros(9, requires_grad=True)
     translation = torch.as_tensor(shift, dtype=torch.float32).clone().requires_grad_(True)
@@ -86,12 +99,16 @@ def register_affine(
         shape, grid_affine = isotropic_grid(fixed.shape, fixed_affine, spacing)
         world = grid_world_coords(shape, grid_affine)
         f = sample_at_world(fixed_t, fixed_affine, world)[0]
-        w = (f > 0.05).float() if weight_t is None else sample_at_world(
-            weight_t, fixed_affine, world)[0]
+        w = (
+            (f > 0.05).float()
+            if weight_t is None
+            else sample_at_world(weight_t, fixed_affine, world)[0]
+        )
         centre = (world * w[..., None]).sum((0, 1, 2)) / w.sum()
         # Adam steps are about lr per parameter: mm for the shift, unitless for the matrix.
-        opt = torch.optim.Adam([{"params": [linear], "lr": 0.004},
-                                {"params": [translation], "lr": 0.6 * spacing / 4}])
+        opt = torch.optim.Adam(
+            [{"params": [linear], "lr": 0.004}, {"params": [translation], "lr": 0.6 * spacing / 4}]
+        )
         for _ in range(iterations):
             opt.zero_grad()
             matrix = torch.eye(3) + linear.reshape(3, 3)

@@ -62,8 +62,9 @@ def _rotation(angles: np.ndarray) -> np.ndarray:
 
 
 def _smooth_field(shape, points: int, std: float, rng: np.random.Generator, channels=1):
-    coarse = torch.as_tensor(rng.normal(0, std, (1, channels, points, points, points)),
-                             dtype=torch.float32)
+    coarse = torch.as_tensor(
+        rng.normal(0, std, (1, channels, points, points, points)), dtype=torch.float32
+    )
     return F.interpolate(coarse, size=shape, mode="trilinear", align_corners=True)[0]
 
 
@@ -105,7 +106,7 @@ def synthesise(head: TorchHead, rng: np.random.Generator) -> Sample:
     image = image * torch.exp(_smooth_field((fine_n,) * 3, 4, rng.uniform(0, 0.35), rng)[0])
 
     brain = ((labels >= WM) & (labels <= CSF)).float()
-    pool = lambda v: F.avg_pool3d(v[None, None], 2)[0, 0]  # noqa: E731 - local shorthand
+    pool = lambda v: F.avg_pool3d(v[None, None], 2)[0, 0]
     image, brain, face, known = pool(image), pool(brain), pool(face), pool(known)
     if rng.random() < 0.5:  # thick slices along a random axis
         sig = [0.0, 0.0, 0.0]
@@ -128,8 +129,13 @@ def _random_fov(shape, rng: np.random.Generator) -> torch.Tensor:
     if r < 0.4:
         return fov
     normal = _rotation(np.deg2rad(rng.normal(0, 15, 3))) @ np.array([0.0, 0.0, 1.0])
-    ijk = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape],
-                                     indexing="ij"), -1) - (torch.tensor(shape) - 1) / 2
+    ijk = (
+        torch.stack(
+            torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape], indexing="ij"),
+            -1,
+        )
+        - (torch.tensor(shape) - 1) / 2
+    )
     height = ijk @ torch.as_tensor(normal, dtype=torch.float32)
     n = shape[0]
     if r < 0.75:  # neck or chin cut
@@ -147,7 +153,7 @@ def _gaussian_blur(volume: torch.Tensor, sigmas: list[float]) -> torch.Tensor:
     for axis, sigma in enumerate(sigmas):
         if sigma <= 0.2:
             continue
-        radius = max(1, int(math.ceil(2.5 * sigma)))
+        radius = max(1, math.ceil(2.5 * sigma))
         x = torch.arange(-radius, radius + 1, dtype=torch.float32)
         k = torch.exp(-0.5 * (x / sigma) ** 2)
         k = k / k.sum()

@@ -45,14 +45,23 @@ def load_or_build_atlas(cache: Path, mni152_head: Path | None) -> list[AtlasHead
         for name in json.loads((cache / "heads.json").read_text()):
             lab = nib.load(cache / f"{name}_labels.nii.gz")
             face = nib.load(cache / f"{name}_face.nii.gz")
-            heads.append(AtlasHead(name, np.zeros(0, np.float32), np.asarray(lab.dataobj),
-                                   np.asarray(face.dataobj) > 0, lab.affine))
+            heads.append(
+                AtlasHead(
+                    name,
+                    np.zeros(0, np.float32),
+                    np.asarray(lab.dataobj),
+                    np.asarray(face.dataobj) > 0,
+                    lab.affine,
+                )
+            )
         return heads
     heads = build_atlas(mni152_head)
     cache.mkdir(parents=True)
     for h in heads:
         nib.save(nib.Nifti1Image(h.labels, h.affine), cache / f"{h.name}_labels.nii.gz")
-        nib.save(nib.Nifti1Image(h.face.astype(np.uint8), h.affine), cache / f"{h.name}_face.nii.gz")
+        nib.save(
+            nib.Nifti1Image(h.face.astype(np.uint8), h.affine), cache / f"{h.name}_face.nii.gz"
+        )
     (cache / "heads.json").write_text(json.dumps([h.name for h in heads]))
     return heads
 
@@ -61,9 +70,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("models/deface_unet.pt"))
     ap.add_argument("--minutes", type=float, default=45.0, help="wall-time budget")
-    ap.add_argument("--steps", type=int, default=None,
-                    help="stop after this many steps (the learning-rate schedule then follows "
-                    "steps, not time, so a run is repeatable on any machine)")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="stop after this many steps (the learning-rate schedule then follows "
+        "steps, not time, so a run is repeatable on any machine)",
+    )
     ap.add_argument("--mni152-head", type=Path, default=None)
     ap.add_argument("--atlas-cache", type=Path, default=Path("/tmp/bidsdeid_deface_atlas"))
     ap.add_argument("--checkpoint-every", type=int, default=50)
@@ -102,15 +115,24 @@ def main(argv: list[str] | None = None) -> None:
         if step % args.checkpoint_every == 0:
             _save(ckpt, model, opt, step, time.monotonic() - start)
     _save(ckpt, model, opt, step, time.monotonic() - start)
-    torch.save({"channels": model.channels, "state_dict": model.state_dict(),
-                "steps": step, "seed": args.seed}, args.out)
+    torch.save(
+        {
+            "channels": model.channels,
+            "state_dict": model.state_dict(),
+            "steps": step,
+            "seed": args.seed,
+        },
+        args.out,
+    )
     print(f"saved {args.out} after {step} steps", flush=True)
 
 
 def _save(path: Path, model, opt, step: int, elapsed: float) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                "elapsed": elapsed}, tmp)
+    torch.save(
+        {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed},
+        tmp,
+    )
     tmp.replace(path)
 
 
