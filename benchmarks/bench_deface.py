@@ -2,7 +2,9 @@
 
     .venv/bin/python benchmarks/bench_deface.py [--heads ../shared/data/heads]
 
-Each method runs in its own subprocess (so its peak RSS is its own) over all heads; then every
+Each method runs in its own subprocess (so its peak RSS is its own) over all heads, with
+torch's default threads (all cores); wall and CPU seconds are printed per volume (the machine may
+be shared: CPU seconds are the steadier figure). Then every
 output is scored against the reference masks in benchmarks/reference_masks/ (made by ANTs
 registration of a labelled template, see README.md there):
   brain_kept  share of reference-brain voxels left unchanged       (target >= 0.999)
@@ -33,9 +35,13 @@ HEADS = ["chris_t1", "chris_PD", "register_T1_head_ext2", "register_T2w"]
 def run_bidsdeid(src: Path, out: Path) -> None:
     from bidsdeid.deface import deface_file
 
-    deface_file(src, out / f"{src.name.split('.')[0]}_defaced.nii.gz",
-                brain_mask=out / f"{src.name.split('.')[0]}_mask.nii.gz", qc=False,
-                model=_MODEL["bidsdeid"])
+    deface_file(
+        src,
+        out / f"{src.name.split('.')[0]}_defaced.nii.gz",
+        brain_mask=out / f"{src.name.split('.')[0]}_mask.nii.gz",
+        qc=False,
+        model=_MODEL["bidsdeid"],
+    )
 
 
 def run_deepbet(src: Path, out: Path) -> None:
@@ -64,10 +70,10 @@ def worker(method: str, heads: Path, out: Path, mask_dir: Path | None) -> None:
 
         _MODEL["deepbet"] = BrainExtraction(no_gpu=True)
     startup = time.perf_counter() - start
-    times = {}
+    times, cpu = {}, {}
     for name in HEADS:
         src = heads / f"{name}.nii.gz"
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         if method == "bidsdeid":
             run_bidsdeid(src, out)
         elif method == "deepbet":
@@ -75,8 +81,9 @@ def worker(method: str, heads: Path, out: Path, mask_dir: Path | None) -> None:
         else:
             run_quickshear(src, out, mask_dir)
         times[name] = time.perf_counter() - t
+        cpu[name] = time.process_time() - c
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"startup": startup, "seconds": times, "peak_mb": peak_mb}))
+    print(json.dumps({"startup": startup, "seconds": times, "cpu": cpu, "peak_mb": peak_mb}))
 
 
 def spawn(method: str, heads: Path, out: Path, mask_dir: Path | None) -> dict | None:
@@ -125,19 +132,26 @@ def main() -> None:
         runs["deepbet"] = spawn("deepbet", args.heads, tmp / "deepbet", None)
         mask_source = "deepbet" if runs["deepbet"] else "bidsdeid"
         runs[f"quickshear(+{mask_source} mask)"] = spawn(
-            "quickshear", args.heads, tmp / "quickshear", tmp / mask_source)
+            "quickshear", args.heads, tmp / "quickshear", tmp / mask_source
+        )
         dirs = {"bidsdeid": "bidsdeid", "deepbet": "deepbet"}
-        print(f"{'method':28s} {'volume':24s} {'seconds':>8s} {'brain_kept':>10s} "
-              f"{'face_gone':>9s} {'dice':>6s}")
+        print(
+            f"{'method':28s} {'volume':24s} {'wall_s':>7s} {'cpu_s':>6s} {'brain_kept':>10s} "
+            f"{'face_gone':>9s} {'dice':>6s}"
+        )
         for method, run in runs.items():
             if run is None:
                 continue
             out = tmp / dirs.get(method, "quickshear")
             for name in HEADS:
                 s = score(name, args.heads, args.refs, out)
-                cells = [f"{s[k]:.4f}" if k in s else "-" for k in ("brain_kept", "face_gone", "dice")]
-                print(f"{method:28s} {name:24s} {run['seconds'][name]:8.2f} "
-                      f"{cells[0]:>10s} {cells[1]:>9s} {cells[2]:>6s}")
+                cells = [
+                    f"{s[k]:.4f}" if k in s else "-" for k in ("brain_kept", "face_gone", "dice")
+                ]
+                print(
+                    f"{method:28s} {name:24s} {run['seconds'][name]:7.2f} {run['cpu'][name]:6.2f} "
+                    f"{cells[0]:>10s} {cells[1]:>9s} {cells[2]:>6s}"
+                )
             print(f"{method:28s} startup {run['startup']:.1f} s, peak RSS {run['peak_mb']:.0f} MB")
 
 

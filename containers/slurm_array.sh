@@ -35,7 +35,7 @@ fi
 input_dir=$1 output_dir=$2 private_dir=$3 labels_file=$4
 shift 4
 task=${SLURM_ARRAY_TASK_ID:?run this script as a SLURM array job (sbatch --array=1-N)}
-label=$(sed -n "${task}p" "$labels_file")
+label=$(sed -n "${task}p" "$labels_file" | tr -d "[:space:]")  # no stray CR or blanks
 if [ -z "$label" ]; then
   echo "no label on line $task of $labels_file" >&2
   exit 2

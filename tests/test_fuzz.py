@@ -211,3 +211,17 @@ def test_sanitized_sidecar_holds_no_identifier(extra):
     assert leaked == [], f"sanitized sidecar still holds {leaked}: {text[:400]}"
     assert set(clean) <= set(sidecar), "the sanitizer may only remove or rewrite keys"
     assert not any(p.lower() in key.lower() for key in stats.fields for p in PLANTED)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "sanitize.SidecarPolicy.action_for lets '*' in a policy key (FWF_DVS*, "
+    "sWipMemBlockAdFree*) match any characters, and sanitize_sidecar copies a matched key's "
+    "name unchecked into the sidecar and into the stats that the audit writes: a key such as "
+    "'FWF_DVS Fuzzington' survives. Fix: let '*' match only digits, brackets, dots and "
+    "underscores (what dcm2niix writes there), or drop keys for which _reportable(name) "
+    "differs from name"))
+def test_wildcard_key_with_an_identifier_is_dropped():
+    sidecar = {"FWF_DVS Fuzzington": 1, "sWipMemBlockAdFree[Fuzzington^Felicity]": 2.0}
+    clean, stats = sanitize_sidecar(sidecar, POLICY, DeidOptions(), -40000, [PLANTED_NAME])
+    text = json.dumps([clean, dict(stats.fields)]).lower()
+    assert "fuzzington" not in text, text
