@@ -26,13 +26,13 @@ class PrivateLog:
     def __init__(self, private: PrivateDir, name: str) -> None:
         folder = private.root / LOG_DIR
         folder.mkdir(mode=0o700, exist_ok=True)
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         self.path = folder / f"{stamp}-{name}-{os.getpid()}.log"
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._fh = os.fdopen(fd, "a", encoding="utf-8")
 
     def write(self, message: str) -> None:
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%H:%M:%S")
+        stamp = dt.datetime.now(dt.UTC).strftime("%H:%M:%S")
         self._fh.write(f"{stamp} {message}\n")
         self._fh.flush()
 

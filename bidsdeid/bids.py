@@ -66,6 +66,12 @@ def _tsv_text(columns: Iterable[str], rows: Iterable[Mapping[str, str]]) -> str:
     return buf.getvalue()
 
 
+def _remove_own_temps(path: Path) -> None:
+    """Temp files a killed job left while replacing ``path`` (call under ``path``'s lock)."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def _write_if_changed(path: Path, text: str) -> None:
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         atomic_write_text(path, text)
@@ -80,6 +86,9 @@ def ensure_dataset_files(output_dir: Path, lock_dir: Path, name: str = "De-ident
     """dataset_description.json, README, CHANGES, .bidsignore, participants.json; idempotent."""
     output_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(lock_dir / "dataset.lock"), mode=0o600):
+        for shared_file in ("dataset_description.json", "README", "CHANGES", ".bidsignore",
+                            "participants.json", str(DERIVATIVES / "dataset_description.json")):
+            _remove_own_temps(output_dir / shared_file)
         _write_if_changed(output_dir / "dataset_description.json", _json_text({
             "Name": name, "BIDSVersion": BIDS_VERSION, "DatasetType": "raw",
             "GeneratedBy": generated_by(),
@@ -103,6 +112,7 @@ def _upsert_row(path: Path, lock: Path, key: Sequence[str], columns: Sequence[st
                 row: Mapping[str, str]) -> None:
     """Add or replace the row with the same ``key`` columns in a TSV, sorted, under a lock."""
     with FileLock(str(lock), mode=0o600):
+        _remove_own_temps(path)
         rows: dict[tuple[str, ...], dict[str, str]] = {}
         if path.exists():
             with path.open(newline="", encoding="utf-8") as fh:

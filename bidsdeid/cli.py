@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -57,47 +57,47 @@ def run(
     input_dir: Annotated[Path, typer.Argument(help="Folder of raw DICOM / twix / slides (read only).")],
     output_dir: Annotated[Path, typer.Argument(help="BIDS dataset to write.")],
     analysis_level: Annotated[str, typer.Argument(help="participant or group.")],
-    participant_label: Annotated[Optional[list[str]], typer.Option(
+    participant_label: Annotated[list[str] | None, typer.Option(
         "--participant-label", help="Process only this subject label (repeatable).")] = None,
-    heuristic: Annotated[Optional[str], typer.Option(
+    heuristic: Annotated[str | None, typer.Option(
         help="Shipped heuristic name or path to a .toml/.py heuristic.")] = None,
-    config: Annotated[Optional[Path], typer.Option(
+    config: Annotated[Path | None, typer.Option(
         "--config", help="TOML file; any option below can be set there.")] = None,
-    label_mapping: Annotated[Optional[Path], typer.Option(
+    label_mapping: Annotated[Path | None, typer.Option(
         help="TSV with patient_id and participant_id columns instead of keyed pseudonyms.")] = None,
-    slide_mapping: Annotated[Optional[Path], typer.Option(
+    slide_mapping: Annotated[Path | None, typer.Option(
         help="TSV with path (relative to INPUT_DIR) and patient_id for slides without one.")] = None,
-    work_dir: Annotated[Optional[Path], typer.Option(help="Scratch folder (default: system temp).")] = None,
-    keep_work: Annotated[Optional[bool], typer.Option("--keep-work", help="Keep scratch files.")] = None,
-    private_dir: Annotated[Optional[Path], typer.Option(
+    work_dir: Annotated[Path | None, typer.Option(help="Scratch folder (default: system temp).")] = None,
+    keep_work: Annotated[bool | None, typer.Option("--keep-work", help="Keep scratch files.")] = None,
+    private_dir: Annotated[Path | None, typer.Option(
         help="Key and ID mapping (default: OUTPUT_DIR's sibling '<name>_private').")] = None,
-    n_procs: Annotated[Optional[int], typer.Option(help="Worker processes per participant.")] = None,
-    mem_gb: Annotated[Optional[float], typer.Option(
+    n_procs: Annotated[int | None, typer.Option(help="Worker processes per participant.")] = None,
+    mem_gb: Annotated[float | None, typer.Option(
         help="Memory budget (GB) for one participant's workers; fewer run at once to stay under it.")] = None,
-    dry_run: Annotated[Optional[bool], typer.Option(
+    dry_run: Annotated[bool | None, typer.Option(
         "--dry-run", help="Print each series and its BIDS name or skip reason; write nothing.")] = None,
-    list_participants: Annotated[Optional[bool], typer.Option(
+    list_participants: Annotated[bool | None, typer.Option(
         "--list-participants", help="Print the participant labels found and exit.")] = None,
-    follow_symlinks: Annotated[Optional[bool], typer.Option(
+    follow_symlinks: Annotated[bool | None, typer.Option(
         "--follow-symlinks", help="Follow symbolic links inside INPUT_DIR.")] = None,
-    deface: Annotated[Optional[bool], typer.Option(
+    deface: Annotated[bool | None, typer.Option(
         "--deface/--no-deface", help="Deface anatomical images (default on).")] = None,
-    skull_strip: Annotated[Optional[str], typer.Option(
+    skull_strip: Annotated[str | None, typer.Option(
         help="off, mask, brain or both: brain mask / brain image into derivatives/.")] = None,
-    redact: Annotated[Optional[str], typer.Option(
+    redact: Annotated[str | None, typer.Option(
         help="Burned-in text: all (default), identifiers, or off.")] = None,
-    wsi_bids: Annotated[Optional[bool], typer.Option(
+    wsi_bids: Annotated[bool | None, typer.Option(
         "--wsi-bids", help="Also export cleaned slides as BIDS microscopy (micr/, OME-TIFF).")] = None,
-    ocr_all_series: Annotated[Optional[bool], typer.Option(
+    ocr_all_series: Annotated[bool | None, typer.Option(
         "--ocr-all-series", help="Look for burned-in text in every series.")] = None,
-    verify: Annotated[Optional[bool], typer.Option(
+    verify: Annotated[bool | None, typer.Option(
         "--verify", help="Scan each subject's output for residual identifiers.")] = None,
-    show_values: Annotated[Optional[bool], typer.Option(
+    show_values: Annotated[bool | None, typer.Option(
         "--show-values", help="Show leaked values on the console (never written to files).")] = None,
-    deid: Annotated[Optional[list[str]], typer.Option(
+    deid: Annotated[list[str] | None, typer.Option(
         "--deid", help="De-identification option KEY=VALUE (repeatable), e.g. retain_long_dates=off.")] = None,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="More output.")] = 0,
-    version: Annotated[Optional[bool], typer.Option(
+    version: Annotated[bool | None, typer.Option(
         "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None,
 ) -> None:
     """Convert and de-identify INPUT_DIR into the BIDS dataset OUTPUT_DIR."""

@@ -7,6 +7,7 @@ data. Symlinks are not followed unless asked, so nothing outside INPUT_DIR is re
 from __future__ import annotations
 
 import os
+import re
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,13 +197,29 @@ def tiff_problem(path: Path) -> str | None:
     return None
 
 
+_TWIX_BUFFER_NAME = re.compile(rb"[A-Za-z]\w{3,63}\x00")
+
+
+def maybe_twix(head: bytes) -> bool:
+    """Cheap first look for a Siemens twix file (before the full check, which needs twixtools).
+
+    VD/VE files start with a raid header (small header size, 1-64 measurements); VB files with a
+    measurement header: its length, the number of buffers, then a buffer name such as "Config".
+    """
+    if len(head) < 16:
+        return False
+    first, second = struct.unpack("<II", head[:8])
+    if first < 10000:
+        return 1 <= second <= 64
+    return 1 <= second <= 64 and _TWIX_BUFFER_NAME.match(head, 8) is not None
+
+
 def _is_slide_candidate(path: Path, head: bytes) -> bool:
     return path.suffix.lower() in _SLIDE_SUFFIXES or head[:4] in _TIFF_MAGICS
 
 
 def discover(input_dir: Path, follow_symlinks: bool = False) -> Discovery:
     """Classify every file under ``input_dir`` and group DICOM instances into series."""
-    from bidsdeid.rawdata.twix import is_twix  # imported here: raw-data modules are optional stages
     from bidsdeid.rawdata.wsi import WsiError, detect_slide
 
     found = Discovery()
@@ -223,9 +240,12 @@ def discover(input_dir: Path, follow_symlinks: bool = False) -> Discovery:
             found.failures.append(Failure(path, "discover", "empty file"))
             continue
         if not sniff_dicom(head):
-            if is_twix(path):
-                found.twix.append(path)
-                continue
+            if maybe_twix(head):
+                from bidsdeid.rawdata.twix import is_twix  # twixtools: imported only when needed
+
+                if is_twix(path):
+                    found.twix.append(path)
+                    continue
             try:
                 is_slide = _is_slide_candidate(path, head) and detect_slide(path) is not None
             except WsiError as exc:

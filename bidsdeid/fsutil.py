@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -56,3 +60,50 @@ def remove_stale_temps(root: Path, pattern: str = ".*.tmp") -> int:
             tmp.unlink(missing_ok=True)
             count += 1
     return count
+
+
+_SCRATCH_PREFIX = "bidsdeid-"
+_SCRATCH_GRACE_SECONDS = 60  # a live run locks its folder right after creating it
+
+
+@contextlib.contextmanager
+def scratch_dir(parent: Path | None, keep: bool = False,
+                grace_seconds: float = _SCRATCH_GRACE_SECONDS) -> Iterator[Path]:
+    """A fresh ``bidsdeid-*`` work folder, locked while the run lives, removed at the end.
+
+    It also removes the folders of killed runs beside it (unlocked and older than a minute):
+    they may hold images that were not yet defaced or redacted.
+    """
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix=_SCRATCH_PREFIX, dir=parent))
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _remove_dead_scratch(root, grace_seconds)
+        yield root
+    finally:
+        os.close(fd)
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _remove_dead_scratch(own: Path, grace_seconds: float) -> None:
+    now = time.time()
+    for other in own.parent.glob(f"{_SCRATCH_PREFIX}*"):
+        if other == own or not other.is_dir() or other.is_symlink():
+            continue
+        try:
+            if now - other.stat().st_ctime < grace_seconds:
+                continue
+            fd = os.open(other, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live run holds it
+        else:
+            shutil.rmtree(other, ignore_errors=True)
+        finally:
+            os.close(fd)

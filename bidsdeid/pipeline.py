@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-import tempfile
 import traceback
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -22,18 +21,34 @@ import pydicom
 from bidsdeid import bids
 from bidsdeid.audit import PrivateLog, SubjectAudit, software_versions, write_subject_audit
 from bidsdeid.config import RunConfig
-from bidsdeid.convert import (ConvertError, dcm2niix_executable, dcm2niix_version, name_outputs,
-                              read_sidecar, run_dcm2niix)
+from bidsdeid.convert import (
+    ConvertError,
+    dcm2niix_executable,
+    dcm2niix_version,
+    name_outputs,
+    read_sidecar,
+    run_dcm2niix,
+)
 from bidsdeid.deid.apply import DeidError, ScrubContext, ScrubStats, scrub_file, subject_identifiers
 from bidsdeid.deid.options import DeidOptions
 from bidsdeid.discover import discover, read_header
-from bidsdeid.fsutil import atomic_write_bytes, remove_stale_temps
+from bidsdeid.fsutil import atomic_write_bytes, remove_stale_temps, scratch_dir
 from bidsdeid.heuristics import SOURCEDATA_DICOM, Heuristic, assign_targets, load_heuristic
 from bidsdeid.privatedir import PrivateDir, default_private_dir, read_label_mapping
-from bidsdeid.rawdata.assign import RawCandidate, identify_raw_files, read_slide_mapping, session_for
+from bidsdeid.rawdata.assign import (
+    RawCandidate,
+    identify_raw_files,
+    read_slide_mapping,
+    session_for,
+)
 from bidsdeid.records import BidsTarget, Discovery, Failure, RawFile, Series, Session, Subject
-from bidsdeid.sanitize import (SanitizeError, SanitizeStats, load_sidecar_policy, sanitize_nifti,
-                               sanitize_sidecar_file)
+from bidsdeid.sanitize import (
+    SanitizeError,
+    SanitizeStats,
+    load_sidecar_policy,
+    sanitize_nifti,
+    sanitize_sidecar_file,
+)
 
 ANAT_DEFACE_SUFFIXES = {"T1w", "T2w", "FLAIR", "PD", "PDw", "T2starw", "inplaneT1", "inplaneT2",
                         "angio", "T1map", "T2map", "UNIT1", "MP2RAGE", "MEGRE", "MESE"}
@@ -279,7 +294,7 @@ def _collect_identifiers(subject: Subject) -> set[str]:
         for series in session.series:
             try:
                 identifiers |= subject_identifiers(read_header(series.files[0]))
-            except Exception:  # noqa: BLE001 - unreadable files are reported by the scrub stage
+            except Exception:  # noqa: BLE001, S112 - unreadable files are reported by the scrub stage
                 continue
     return identifiers
 
@@ -383,7 +398,13 @@ def _clean_raw_files(cfg: RunConfig, subject: Subject, private: PrivateDir, scru
                      audit: SubjectAudit) -> list[Failure]:
     """Clean the subject's twix and slide files into ``sourcedata/``; returns failures."""
     from bidsdeid.rawdata.twix import TwixError, clean_twix, twix_bids_name
-    from bidsdeid.rawdata.wsi import WsiError, clean_slide, detect_slide, dicom_refusal, slide_bids_name
+    from bidsdeid.rawdata.wsi import (
+        WsiError,
+        clean_slide,
+        detect_slide,
+        dicom_refusal,
+        slide_bids_name,
+    )
 
     failures = []
     counters: dict[tuple[str, str | None], int] = {}
@@ -616,21 +637,17 @@ def run_participants(cfg: RunConfig, private: PrivateDir, found: Discovery, subj
     for skipped in found.skipped:
         log.write(f"skipped: {skipped.path}: {skipped.reason}")
     versions = software_versions(dcm2niix_version())
-    if cfg.work_dir is not None:
-        cfg.work_dir.mkdir(parents=True, exist_ok=True)
-    work_root = Path(tempfile.mkdtemp(prefix="bidsdeid-", dir=cfg.work_dir))
     try:
-        for subject in subjects:
-            result = run_subject(cfg, subject, private, work_root, log, versions, progress)
-            summary.subjects += result.subjects
-            summary.series_converted += result.series_converted
-            summary.series_skipped += result.series_skipped
-            summary.files_written += result.files_written
-            summary.failures += result.failures
+        with scratch_dir(cfg.work_dir, keep=cfg.keep_work) as work_root:
+            for subject in subjects:
+                result = run_subject(cfg, subject, private, work_root, log, versions, progress)
+                summary.subjects += result.subjects
+                summary.series_converted += result.series_converted
+                summary.series_skipped += result.series_skipped
+                summary.files_written += result.files_written
+                summary.failures += result.failures
     finally:
         log.close()
-        if not cfg.keep_work:
-            shutil.rmtree(work_root, ignore_errors=True)
     return summary
 
 

@@ -67,7 +67,8 @@ class SidecarPolicy:
 
 
 def _wildcard(pattern: str) -> re.Pattern[str]:
-    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")))
+    # "*" stands for an index or number ("FWF_DVS12", "sWipMemBlock[3].adFree"), never free text
+    return re.compile(r"[0-9.\[\]_]*".join(re.escape(part) for part in pattern.split("*")))
 
 
 def load_sidecar_policy(path: Path | None = None) -> SidecarPolicy:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pydicom
 import pytesseract
 import pytest
+from treeutil import find_tokens, run_cli
 
 from bidsdeid.demo import make_demo
-from treeutil import find_tokens, run_cli
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import shutil
 import stat
 
 import pytest
+from treeutil import find_tokens, run_cli, tree_hashes
 
 from bidsdeid.demo import make_demo
-from treeutil import find_tokens, run_cli, tree_hashes
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_same_key_gives_same_labels_in_a_fresh_output(demo_run, tmp_path):
     manifest, root, _, _ = demo_run
     private = tmp_path / "priv"
     shutil.copytree(root / "bids_private", private)
-    label = sorted(p.name for p in (root / "bids").glob("sub-*"))[0].removeprefix("sub-")
+    label = min(p.name for p in (root / "bids").glob("sub-*")).removeprefix("sub-")
     proc = run_cli(manifest.root, tmp_path / "out", "participant", "--participant-label", label,
                    "--private-dir", private, "--no-deface")
     assert proc.returncode == 0, proc.stderr[-3000:]

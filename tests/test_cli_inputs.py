@@ -10,9 +10,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from pydicom.uid import generate_uid
-
 from dicomfactory import mr_slice, write
+from pydicom.uid import generate_uid
 from treeutil import run_cli, tree_hashes
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import openslide
 import pytest
-
 from slides import build_svs
 from test_cli_inputs import t1_series
 from treeutil import find_tokens, run_cli, tree_hashes
@@ -26,7 +25,7 @@ def slide_run(tmp_path_factory):
 
 
 def test_slide_run_succeeds_and_leaves_the_input_alone(slide_run):
-    root, src, _, proc, before = slide_run
+    _root, src, _, proc, before = slide_run
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert tree_hashes(src) == before
 

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from bidsdeid.deface import DefaceError, DefaceResult, deface_file, load_model
+from bidsdeid.deface.apply import stored_header
 from bidsdeid.deface.infer import _resample, model_paths
 from tests.conftest import shared_path
 
@@ -66,7 +67,8 @@ def test_output_keeps_header_affine_and_dtype(defaced_small_head):
     before, after = nib.load(src), nib.load(out / "defaced.nii.gz")
     assert after.get_data_dtype() == before.get_data_dtype()
     assert np.array_equal(after.affine, before.affine)
-    assert after.header.binaryblock == before.header.binaryblock, "header bytes must not change"
+    out_header = stored_header(out / "defaced.nii.gz", after)
+    assert out_header.binaryblock == stored_header(src, before).binaryblock, "header changed"
 
 
 def test_only_zeroes_voxels_and_never_inside_the_brain_mask(defaced_small_head):
@@ -169,3 +171,21 @@ def test_resampler_matches_scipy_inside_the_volume():
     )
     inside = ndimage.binary_erosion(inside)
     assert np.allclose(ours[inside], ref[inside], atol=1e-5)
+
+
+def test_scaled_integer_input_keeps_its_scaling_and_zeroes_to_zero(tmp_path, model):
+    img = nib.load(shared_path(*SMALL_HEAD))
+    raw = np.asanyarray(img.dataobj).astype(np.int16) + 5  # stored values; read back below
+    scaled = nib.Nifti1Image(raw, img.affine)
+    scaled.header.set_slope_inter(2.0, -10.0)  # value = 2 * raw - 10, so raw -5 + 5 reads 0
+    src = tmp_path / "scaled.nii"
+    nib.save(scaled, src)
+    deface_file(src, tmp_path / "out.nii", qc=False, model=model)
+    before, after = nib.load(src), nib.load(tmp_path / "out.nii")
+    assert stored_header(src, before)["scl_slope"] == 2.0
+    assert stored_header(tmp_path / "out.nii", after).binaryblock == (
+        stored_header(src, before).binaryblock
+    ), "the stored header, scaling included, must not change"
+    changed = before.get_fdata() != after.get_fdata()
+    assert changed.sum() > 10_000
+    assert np.all(after.get_fdata()[changed] == 0), "zeroed voxels must read back as 0"

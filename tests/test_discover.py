@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 
+import pytest
+from dicomfactory import mr_slice, write
 from pydicom.uid import generate_uid
 
 from bidsdeid.discover import discover, sniff_dicom
-from dicomfactory import mr_slice, write
 
 
 def series_files(root, n=3, patient="MRN0001", **kw):
@@ -91,3 +92,14 @@ def test_symlinks_are_not_followed_by_default(tmp_path):
     assert not found.series
     assert [s.reason for s in found.skipped] == ["symbolic link not followed"]
     assert len(discover(inside, follow_symlinks=True).series) == 1
+
+
+@pytest.mark.parametrize("layout", ["VB", "VD"])
+def test_twix_files_are_recognised_by_content(tmp_path, layout):
+    from twixfiles import MeasSpec, build_twix
+
+    build_twix(tmp_path / "meas_MID00042.dat", layout, [MeasSpec()])
+    (tmp_path / "random.dat").write_bytes(os.urandom(20000))
+    found = discover(tmp_path)
+    assert [p.name for p in found.twix] == ["meas_MID00042.dat"]
+    assert [s.path.name for s in found.skipped] == ["random.dat"]

@@ -90,12 +90,6 @@ def test_killed_runs_then_a_rerun_give_the_uninterrupted_output(tmp_path):
     assert tree_hashes(out) == tree_hashes(tmp_path / "ref")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a kill -9 inside fsutil.atomic_write_bytes while bids.upsert_participant (or "
-    "ensure_dataset_files) rewrites participants.tsv leaves '.participants.tsv.<rand>.tmp' in "
-    "the dataset root; pipeline.run_subject only removes stale temps in the subject's own "
-    "folders, so a re-run keeps it forever. Fix: remove '.participants.tsv.*.tmp' (and the "
-    "other root files' temps) under the same FileLock before rewriting them in bids.py"))
 def test_rerun_removes_a_temp_file_a_killed_run_left_in_the_dataset_root(tmp_path):
     src = tmp_path / "in"
     _series(src, "MRN0001", "t1_mprage_sag", n=2, rows=16)

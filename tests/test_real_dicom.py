@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import shared_path
 from treeutil import find_tokens, run_cli, tree_hashes
 

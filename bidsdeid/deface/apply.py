@@ -51,13 +51,19 @@ def raw_voxels(img: nib.Nifti1Image) -> np.ndarray:
     return raw.reshape(raw.shape[:3])
 
 
-def nifti_bytes_like(img: nib.Nifti1Image, raw: np.ndarray, gz: bool) -> bytes:
-    """A file with ``img``'s exact header (affine, scaling, dtype, extensions) and new voxels."""
-    header = img.header.copy()
+def stored_header(path: Path, img: nib.Nifti1Image) -> nib.Nifti1Header:
+    """The header exactly as stored (nibabel's loaded header has its scaling moved away)."""
+    with nib.openers.ImageOpener(path) as fobj:
+        return type(img.header).from_fileobj(fobj, check=False)
+
+
+def nifti_bytes_like(header: nib.Nifti1Header, raw: np.ndarray, gz: bool) -> bytes:
+    """A file with ``header`` unchanged (affine, scaling, dtype, extensions) and new voxels."""
     buf = io.BytesIO()
     header.write_to(buf)
+    shape = header.get_data_shape()
     nib.volumeutils.array_to_file(
-        raw.reshape(img.shape),
+        raw.reshape(shape),
         buf,
         header.get_data_dtype(),
         offset=int(header["vox_offset"]),
@@ -80,14 +86,18 @@ def mask_bytes(img: nib.Nifti1Image, mask: np.ndarray, gz: bool) -> bytes:
 
 def _zero_value(img: nib.Nifti1Image, dtype: np.dtype) -> np.ndarray:
     """The stored value that reads back as 0 (the file's scaling applied)."""
-    slope, inter = img.header.get_slope_inter()
-    if slope in (None, 0) or inter in (None, 0) or not np.isfinite(inter):
+    slope, inter = float(img.dataobj.slope), float(img.dataobj.inter)
+    if inter == 0 or slope == 0 or not np.isfinite(slope * inter):
         return np.zeros((), dtype)
     value = -inter / slope
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         value = np.clip(np.rint(value), info.min, info.max)
     return np.asarray(value, dtype)
+
+
+def _gz(path: Path) -> bool:
+    return path.name.endswith(".gz")
 
 
 def deface_file(
@@ -107,19 +117,22 @@ def deface_file(
     src, dst = Path(src), Path(dst)
     img = load_volume(src)
     data = img.get_fdata(dtype=np.float32).reshape(img.shape[:3])
-    masks: NativeMasks = predict_masks(model or load_model(), data, img.affine)
+    try:
+        masks: NativeMasks = predict_masks(model or load_model(), data, img.affine)
+    except DefaceError as exc:
+        raise DefaceError(f"{src.name}: {exc}") from None
     raw = raw_voxels(img)
     zero = _zero_value(img, raw.dtype)
     defaced = raw.copy()
     defaced[masks.face] = zero
-    gz = lambda p: p.name.endswith(".gz")
-    atomic_write_bytes(dst, nifti_bytes_like(img, defaced, gz(dst)))
+    header = stored_header(src, img)
+    atomic_write_bytes(dst, nifti_bytes_like(header, defaced, _gz(dst)))
     if brain_mask is not None:
-        atomic_write_bytes(Path(brain_mask), mask_bytes(img, masks.brain, gz(Path(brain_mask))))
+        atomic_write_bytes(Path(brain_mask), mask_bytes(img, masks.brain, _gz(Path(brain_mask))))
     if brain_extracted is not None:
         stripped = np.where(masks.brain, raw, zero).astype(raw.dtype)
         atomic_write_bytes(
-            Path(brain_extracted), nifti_bytes_like(img, stripped, gz(Path(brain_extracted)))
+            Path(brain_extracted), nifti_bytes_like(header, stripped, _gz(Path(brain_extracted)))
         )
     seconds = time.perf_counter() - start
     picture = None

@@ -145,7 +145,10 @@ def fine_grid(
 @torch.no_grad()
 def predict_masks(model: torch.nn.Module, data: np.ndarray, affine: np.ndarray) -> NativeMasks:
     """Brain and face masks on the native grid of a 3D volume."""
-    volume = torch.as_tensor(np.ascontiguousarray(data, dtype=np.float32))[None]
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    if not np.isfinite(data).all():
+        data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+    volume = torch.as_tensor(data)[None]
     c_aff = coarse_grid(data, affine)
     c_shape = (COARSE_SIZE,) * 3
     image = normalise_intensity(sample_native_on_grid(volume, affine, c_aff, c_shape))

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from bidsdeid.discover import patient_key, read_header
 from bidsdeid.records import Discovery, Failure, Session
-from bidsdeid.rawdata.twix import TwixError, read_twix_info
 
 
 @dataclass(frozen=True)
@@ -39,6 +38,8 @@ def identify_raw_files(found: Discovery, input_dir: Path, slide_mapping: dict[st
     """Patient key -> raw files of that patient; files that match nobody are failures."""
     by_patient: dict[str, list[RawCandidate]] = {}
     failures: list[Failure] = []
+    if found.twix:  # twixtools (with matplotlib) is imported only when there is a twix file
+        from bidsdeid.rawdata.twix import TwixError, read_twix_info
     for path in found.twix:
         try:
             info = read_twix_info(path)
