@@ -338,7 +338,7 @@ def _map_pool(jobs: list[SeriesJob], n_procs: int, mem_bytes: int | None,
                 on_done(future.result())
 
 
-def _write_outputs(output_dir: Path, subject: Subject, session: Session,
+def _write_outputs(output_dir: Path, private_qc: Path, subject: Subject, session: Session,
                    outcome: SeriesOutcome, audit: SubjectAudit) -> list[dict[str, str]]:
     """Place the produced files; returns their scans.tsv rows."""
     session_dir = output_dir / f"sub-{subject.label}" / (f"ses-{session.label}" if session.label else "")
@@ -362,8 +362,13 @@ def _write_outputs(output_dir: Path, subject: Subject, session: Session,
             bids.place_file(item.brain_image,
                             deriv.with_name(f"{entities}_desc-brain_{item.target.suffix}.nii.gz"))
         if item.qc_png:
-            qc = output_dir / bids.DERIVATIVES / "qc" / f"sub-{subject.label}" / f"{rel.name}_deface.png"
-            atomic_write_bytes(qc, item.qc_png)
+            # The "before" row shows the face: the full picture goes to the private dir, the
+            # dataset's QC folder gets the defaced row only.
+            from bidsdeid.deface.qc import after_row
+
+            name = f"sub-{subject.label}/{rel.name}_deface.png"
+            atomic_write_bytes(private_qc / name, item.qc_png, mode=0o600)
+            atomic_write_bytes(output_dir / bids.DERIVATIVES / "qc" / name, after_row(item.qc_png))
         audit.files_out += len(written)
         rows.append({"filename": str(rel.relative_to(session_dir.relative_to(output_dir))) + ".nii.gz",
                      "acq_time": outcome.acq_time})
@@ -566,7 +571,7 @@ def run_subject(cfg: RunConfig, subject: Subject, private: PrivateDir, work_root
         _complete_sidecars([item for outcome in outcomes_here for item in outcome.produced])
         rows = []
         for outcome in outcomes_here:
-            rows += _write_outputs(cfg.output_dir, subject, session, outcome, audit)
+            rows += _write_outputs(cfg.output_dir, private.qc_dir, subject, session, outcome, audit)
             for item in outcome.produced:
                 stem = cfg.output_dir / item.target.relpath(subject.label, session.label)
                 for ext in [".nii.gz", ".json", *(e.suffix for e in item.extras)]:

@@ -26,6 +26,7 @@ SESSIONS_FILE = "sessions.tsv"
 IDENTIFIERS_DIR = "identifiers"
 LOG_DIR = "logs"
 LOCK_DIR = "locks"
+QC_DIR = "qc"
 
 # Shift dates back 110-120 years in whole weeks (weekday kept), so that acquisition dates land in
 # 1925 or earlier as BIDS recommends for scans.tsv acq_time.
@@ -102,6 +103,13 @@ class PrivateDir:
     def lock_dir(self) -> Path:
         """Lock files for everything shared between jobs, the output dataset's files included."""
         folder = self.root / LOCK_DIR
+        folder.mkdir(mode=0o700, exist_ok=True)
+        return folder
+
+    @property
+    def qc_dir(self) -> Path:
+        """QC pictures that show the original face (defacing before/after)."""
+        folder = self.root / QC_DIR
         folder.mkdir(mode=0o700, exist_ok=True)
         return folder
 

@@ -158,3 +158,15 @@ def test_defacing_qc_pictures_are_written(demo_run):
     pictures = list((root / "bids" / "derivatives" / "bidsdeid" / "qc").glob("sub-*/*_deface.png"))
     anat = list((root / "bids").glob("sub-*/ses-*/anat/*.nii.gz"))
     assert len(pictures) == len(anat), "one defacing QC picture per anatomical image"
+
+
+def test_qc_pictures_showing_the_face_stay_in_the_private_dir(demo_run):
+    from PIL import Image
+
+    _, root, _, _ = demo_run
+    shared = sorted((root / "bids" / "derivatives" / "bidsdeid" / "qc").glob("sub-*/*_deface.png"))
+    private = sorted((root / "bids_private" / "qc").glob("sub-*/*_deface.png"))
+    assert [p.name for p in private] == [p.name for p in shared]
+    for shared_png, private_png in zip(shared, private):
+        with Image.open(shared_png) as after, Image.open(private_png) as both:
+            assert both.height == 2 * after.height, "the dataset gets the defaced row only"

@@ -64,3 +64,13 @@ def qc_png(before: np.ndarray, after: np.ndarray, affine: np.ndarray) -> bytes:
     out = io.BytesIO()
     canvas.save(out, format="PNG")
     return out.getvalue()
+
+
+def after_row(png: bytes) -> bytes:
+    """Only the bottom ("after") row of a ``qc_png`` picture: the part that may be shared."""
+    with Image.open(io.BytesIO(png)) as image:
+        width, height = image.size
+        cropped = image.crop((0, height // 2, width, height))
+        out = io.BytesIO()
+        cropped.save(out, format="PNG")
+    return out.getvalue()
