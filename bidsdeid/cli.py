@@ -24,7 +24,7 @@ from bidsdeid.records import Failure
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)  # one line per message
 app = typer.Typer(add_completion=False, rich_markup_mode=None,
                   help=__doc__, context_settings={"help_option_names": ["-h", "--help"]})
 demo_app = typer.Typer(add_completion=False, help="Write the synthetic demo DICOM input.")
