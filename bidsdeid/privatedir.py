@@ -182,17 +182,22 @@ class PrivateDir:
                 for p in sorted(folder.glob("sub-*.json"))}
 
 
-def read_label_mapping(path: Path) -> dict[str, str]:
-    """A user TSV mapping with columns ``patient_id`` and ``participant_id`` (``sub-`` optional)."""
+def read_tsv_columns(path: Path, key: str, value: str) -> dict[str, str]:
+    """``{row[key]: row[value]}`` of a user TSV, with a clear error when a column is missing."""
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh, delimiter="\t")
-        missing = {"patient_id", "participant_id"} - set(reader.fieldnames or [])
+        missing = {key, value} - set(reader.fieldnames or [])
         if missing:
-            raise ValueError(f"{path}: mapping TSV lacks column(s) {', '.join(sorted(missing))}")
-        mapping = {}
-        for row in reader:
-            label = row["participant_id"].strip().removeprefix("sub-")
-            if not label.isalnum():
-                raise ValueError(f"{path}: participant_id {label!r} is not alphanumeric")
-            mapping[row["patient_id"].strip()] = label
+            raise ValueError(f"{path}: TSV lacks column(s) {', '.join(sorted(missing))}")
+        return {row[key].strip(): row[value].strip() for row in reader}
+
+
+def read_label_mapping(path: Path) -> dict[str, str]:
+    """A user TSV mapping with columns ``patient_id`` and ``participant_id`` (``sub-`` optional)."""
+    mapping = {}
+    for patient_id, participant in read_tsv_columns(path, "patient_id", "participant_id").items():
+        label = participant.removeprefix("sub-")
+        if not label.isalnum():
+            raise ValueError(f"{path}: participant_id {label!r} is not alphanumeric")
+        mapping[patient_id] = label
     return mapping

@@ -251,7 +251,8 @@ def _participant_block(
     if audit.get("failures"):
         parts.append("<p><b>Failures</b></p>" + _series_table(page, audit["failures"]))
     for category, title in (
-        ("defacing", "Defacing QC (before / after)"),
+        # the "before" row shows the face: it stays in the private dir, the dataset has "after"
+        ("defacing", "Defacing QC (after defacing; before/after pictures are in the private dir)"),
         ("redaction", "Burned-in text redaction (redacted images)"),
         ("other", "Other QC pictures"),
     ):

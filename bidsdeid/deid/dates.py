@@ -9,16 +9,20 @@ _DA = re.compile(r"^(\d{4})(\d{2})(\d{2})$")
 _ISO_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")
 
 
+def _shifted(match: re.Match[str] | None, days: int) -> dt.date | None:
+    """The date of a (year, month, day) match moved by ``days``; None if there is no real date."""
+    if not match:
+        return None
+    try:
+        return dt.date(int(match[1]), int(match[2]), int(match[3])) + dt.timedelta(days=days)
+    except (ValueError, OverflowError):
+        return None
+
+
 def shift_da(value: str, days: int) -> str:
     """Shift a DICOM DA (``YYYYMMDD``); anything unparsable becomes empty."""
-    m = _DA.match(value.strip())
-    if not m:
-        return ""
-    try:
-        day = dt.date(int(m[1]), int(m[2]), int(m[3]))
-    except ValueError:
-        return ""
-    return (day + dt.timedelta(days=days)).strftime("%Y%m%d")
+    day = _shifted(_DA.match(value.strip()), days)
+    return day.strftime("%Y%m%d") if day else ""
 
 
 def shift_dt(value: str, days: int) -> str:
@@ -32,11 +36,5 @@ def shift_dt(value: str, days: int) -> str:
 
 def shift_iso(value: str, days: int) -> str:
     """Shift an ISO date or date-time string (``YYYY-MM-DD[THH:MM:SS...]``) as in JSON sidecars."""
-    m = _ISO_DATE.match(value.strip())
-    if not m:
-        return ""
-    try:
-        day = dt.date(int(m[1]), int(m[2]), int(m[3]))
-    except ValueError:
-        return ""
-    return (day + dt.timedelta(days=days)).isoformat() + value.strip()[10:]
+    day = _shifted(_ISO_DATE.match(value.strip()), days)
+    return day.isoformat() + value.strip()[10:] if day else ""

@@ -7,11 +7,11 @@ same ID. Other slides (SVS, NDPI, TIFF) carry none: the user lists them in a sli
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 from bidsdeid.discover import patient_key, read_header
+from bidsdeid.privatedir import read_tsv_columns
 from bidsdeid.records import Discovery, Failure, Session
 
 
@@ -25,12 +25,7 @@ class RawCandidate:
 
 def read_slide_mapping(path: Path) -> dict[str, str]:
     """Slide path (relative to INPUT_DIR) -> patient ID, from a TSV with ``path``/``patient_id``."""
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh, delimiter="\t")
-        missing = {"path", "patient_id"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path}: slide mapping lacks column(s) {', '.join(sorted(missing))}")
-        return {row["path"].strip(): row["patient_id"].strip() for row in reader}
+    return read_tsv_columns(path, "path", "patient_id")
 
 
 def identify_raw_files(found: Discovery, input_dir: Path, slide_mapping: dict[str, str]
