@@ -41,6 +41,7 @@ from bidsdeid.rawdata.assign import (
     read_slide_mapping,
     session_for,
 )
+from bidsdeid.rawdata.stage import clean_raw_files
 from bidsdeid.records import BidsTarget, Discovery, Failure, RawFile, Series, Session, Subject
 from bidsdeid.sanitize import (
     SanitizeError,
@@ -394,87 +395,11 @@ def _complete_sidecars(items: list[ProducedFile]) -> None:
             bids.write_json(item.sidecar, sidecar | extra)
 
 
-def _raw_date_shift(subject: Subject, options: DeidOptions) -> int | None:
-    """Day offset for raw-data headers: the subject's shift, 0 for full dates, None to remove."""
-    return {"modified": subject.date_shift_days, "full": 0, "off": None}[options.retain_long_dates]
-
-
-def _clean_raw_files(cfg: RunConfig, subject: Subject, private: PrivateDir, scrub: ScrubContext,
-                     audit: SubjectAudit) -> list[Failure]:
-    """Clean the subject's twix and slide files into ``sourcedata/``; returns failures."""
-    from bidsdeid.rawdata.twix import TwixError, clean_twix, twix_bids_name
-    from bidsdeid.rawdata.wsi import (
-        WsiError,
-        clean_slide,
-        detect_slide,
-        dicom_refusal,
-        slide_bids_name,
-    )
-
-    failures = []
-    counters: dict[tuple[str, str | None], int] = {}
-    shift = _raw_date_shift(subject, cfg.deid)
-    for raw in subject.raw:
-        index = counters[(raw.kind, raw.session)] = counters.get((raw.kind, raw.session), 0) + 1
-        identifiers = subject.identifiers | raw.identifiers
-        try:
-            if raw.kind == "twix":
-                rel = twix_bids_name(subject.label, raw.session, index)
-                result = clean_twix(raw.path, cfg.output_dir / rel, private.key, shift, identifiers,
-                                    cfg.deid.retain_patient_characteristics)
-                entry = {"file": str(rel), "kind": "twix", "measurements": result.measurements,
-                         "replacements": result.replacements}
-            else:
-                info = detect_slide(raw.path)
-                if info is None:
-                    raise WsiError(raw.path, "not a whole-slide image")
-                rel = slide_bids_name(subject.label, raw.session, index, info.format)
-                if info.format == "dicom-wsi":
-                    refusal = dicom_refusal(info)
-                    if refusal:
-                        raise WsiError(raw.path, refusal)
-                    stats = scrub_file(raw.path, cfg.output_dir / rel, scrub, cfg.deid)
-                    audit.header_actions.update(stats.actions)
-                    entry = {"file": str(rel), "kind": "slide", "format": info.format}
-                else:
-                    result = clean_slide(raw.path, cfg.output_dir / rel, identifiers, shift)
-                    entry = {"file": str(rel), "kind": "slide", "format": result.format,
-                             "removed_images": list(result.removed_images),
-                             "scrubbed_fields": result.scrubbed_fields}
-                    if cfg.wsi_bids:
-                        entry["micr"] = str(_export_micr(cfg, subject, private, raw,
-                                                         cfg.output_dir / rel, index))
-        except (TwixError, WsiError) as exc:
-            failures.append(Failure(raw.path, raw.kind, exc.reason))
-            continue
-        except DeidError as exc:
-            failures.append(Failure(raw.path, raw.kind, str(exc)))
-            continue
-        audit.sourcedata.append(entry)
-        audit.files_out += 1
-    return failures
-
-
 def _sourcedata_dicom_dir(subject: Subject, session: Session, outcome: SeriesOutcome) -> Path:
     """``sourcedata/sub-X/ses-Y/dicom/sub-X_ses-Y_<entities>_<suffix>/`` for a kept series."""
     target = outcome.target
     return (Path("sourcedata") / f"sub-{subject.label}" / f"ses-{session.label}" / "dicom"
             / target.stem(subject.label, session.label))
-
-
-def _export_micr(cfg: RunConfig, subject: Subject, private: PrivateDir, raw: RawFile,
-                 cleaned: Path, index: int) -> Path:
-    """A cleaned slide as BIDS microscopy: OME-TIFF + sidecar in micr/, a row in samples.tsv."""
-    from bidsdeid.rawdata.wsi import slide_micr_name, slide_to_ome_tiff
-
-    rel = slide_micr_name(subject.label, raw.session, index, cleaned.stat().st_size)
-    sidecar = slide_to_ome_tiff(cleaned, cfg.output_dir / rel)
-    stem = rel.name.split(".", 1)[0]
-    bids.write_json((cfg.output_dir / rel).with_name(f"{stem}.json"), sidecar)
-    bids.upsert_sample(cfg.output_dir, private.lock_dir, {
-        "sample_id": f"sample-{index:02d}", "participant_id": f"sub-{subject.label}",
-        "sample_type": "tissue"})
-    return rel
 
 
 def _remove_stale(session_dir: Path, keep: set[Path]) -> None:
@@ -588,7 +513,7 @@ def run_subject(cfg: RunConfig, subject: Subject, private: PrivateDir, work_root
         _remove_stale(session_dir, written)
     audit.series.sort(key=lambda entry: entry["series"])
     audit.files_in += len(subject.raw)
-    for failure in _clean_raw_files(cfg, subject, private, scrub, audit):
+    for failure in clean_raw_files(cfg, subject, private, scrub, audit):
         summary.failures.append(failure)
         audit.add_failure(private, failure)
     bids.upsert_participant(cfg.output_dir, private.lock_dir, participant_row(subject, cfg.deid))
