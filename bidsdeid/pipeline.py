@@ -130,7 +130,8 @@ class ProducedFile:
     extras: tuple[Path, ...]
     brain_mask: Path | None = None
     brain_image: Path | None = None
-    qc_png: bytes | None = None
+    qc_png: bytes | None = None  # before/after: shows the face, for the private dir only
+    qc_shared_png: bytes | None = None  # the defaced row, for the dataset's QC folder
 
 
 @dataclass
@@ -205,6 +206,7 @@ class _StageError(Exception):
 
 def _deface(job: SeriesJob, item: ProducedFile, out_dir: Path) -> None:
     from bidsdeid.deface import DefaceError, deface_file
+    from bidsdeid.deface.qc import after_row
 
     defaced = out_dir / f"defaced_{item.nifti.name}"
     mask = out_dir / f"mask_{item.nifti.name}" if job.skull_strip in ("mask", "both") else None
@@ -213,7 +215,9 @@ def _deface(job: SeriesJob, item: ProducedFile, out_dir: Path) -> None:
         result = deface_file(item.nifti, defaced, brain_mask=mask, brain_extracted=brain, qc=True)
     except DefaceError as exc:  # a face must never be released: the series is excluded
         raise _StageError(f"defacing failed: {exc}") from exc
-    item.nifti, item.brain_mask, item.brain_image, item.qc_png = defaced, mask, brain, result.qc_png
+    item.nifti, item.brain_mask, item.brain_image = defaced, mask, brain
+    if result.qc_png:
+        item.qc_png, item.qc_shared_png = result.qc_png, after_row(result.qc_png)
 
 
 def _convert_and_sanitize(job: SeriesJob, dicom_dir: Path, nifti_dir: Path,
@@ -362,14 +366,10 @@ def _write_outputs(output_dir: Path, private_qc: Path, subject: Subject, session
         if item.brain_image is not None:
             bids.place_file(item.brain_image,
                             deriv.with_name(f"{entities}_desc-brain_{item.target.suffix}.nii.gz"))
-        if item.qc_png:
-            # The "before" row shows the face: the full picture goes to the private dir, the
-            # dataset's QC folder gets the defaced row only.
-            from bidsdeid.deface.qc import after_row
-
+        if item.qc_png and item.qc_shared_png:
             name = f"sub-{subject.label}/{rel.name}_deface.png"
             atomic_write_bytes(private_qc / name, item.qc_png, mode=0o600)
-            atomic_write_bytes(output_dir / bids.DERIVATIVES / "qc" / name, after_row(item.qc_png))
+            atomic_write_bytes(output_dir / bids.DERIVATIVES / "qc" / name, item.qc_shared_png)
         audit.files_out += len(written)
         rows.append({"filename": str(rel.relative_to(session_dir.relative_to(output_dir))) + ".nii.gz",
                      "acq_time": outcome.acq_time})
@@ -409,6 +409,55 @@ def _remove_stale(session_dir: Path, keep: set[Path]) -> None:
     for path in session_dir.rglob("*"):
         if path.is_file() and path not in keep:
             path.unlink()
+
+
+def _record_outcomes(subject: Subject, private: PrivateDir, jobs: list[tuple[Session, SeriesJob]],
+                     outcomes: dict[int, SeriesOutcome], audit: SubjectAudit,
+                     summary: RunSummary, log: PrivateLog) -> dict[str | None, list[SeriesOutcome]]:
+    """Log, count and audit every series outcome; returns the good ones per session label."""
+    good: dict[str | None, list[SeriesOutcome]] = {}
+    for session, job in jobs:
+        outcome = outcomes[job.index]
+        for message in outcome.log:
+            log.write(f"sub-{subject.label} series {job.index}: {message.strip()}")
+        failures = list(outcome.failures)
+        if outcome.excluded:
+            failures.append(Failure(job.series.files[0], "series", outcome.excluded))
+            audit.series.append({"series": job.index, "excluded": outcome.excluded})
+        else:
+            good.setdefault(session.label, []).append(outcome)
+        for failure in failures:
+            summary.failures.append(failure)
+            audit.add_failure(private, failure)
+        audit.header_actions.update(outcome.header_actions.actions)
+        audit.sidecar_actions.update(outcome.sidecar_actions.fields)
+    return good
+
+
+def _write_session(cfg: RunConfig, private: PrivateDir, subject: Subject, session: Session,
+                   outcomes: list[SeriesOutcome], audit: SubjectAudit) -> None:
+    """Place one session's outputs, write its scans.tsv, and drop files a re-run no longer makes."""
+    session_dir = cfg.output_dir / f"sub-{subject.label}" / f"ses-{session.label}"
+    _complete_sidecars([item for outcome in outcomes for item in outcome.produced])
+    written: set[Path] = set()
+    rows = []
+    for outcome in outcomes:
+        rows += _write_outputs(cfg.output_dir, private.qc_dir, subject, session, outcome, audit)
+        for item in outcome.produced:
+            stem = cfg.output_dir / item.target.relpath(subject.label, session.label)
+            for ext in [".nii.gz", ".json", *(e.suffix for e in item.extras)]:
+                written.add(stem.with_name(stem.name + ext))
+        files = sorted(f"{item.target.relpath(subject.label, session.label)}.nii.gz"
+                       for item in outcome.produced)
+        if outcome.dicom_files:
+            files.append(f"{_sourcedata_dicom_dir(subject, session, outcome)}/")
+        audit.series.append({"series": outcome.index, "files": files,
+                             **({"words_redacted": outcome.words_redacted}
+                                if outcome.words_redacted else {})})
+    if rows:
+        written.add(bids.write_scans_tsv(session_dir, f"sub-{subject.label}_ses-{session.label}",
+                                         rows))
+    _remove_stale(session_dir, written)
 
 
 def _age_years(header: dict) -> str:
@@ -472,45 +521,10 @@ def run_subject(cfg: RunConfig, subject: Subject, private: PrivateDir, work_root
     mem_bytes = int(cfg.mem_gb * 2**30) if cfg.mem_gb else None
     _map_pool([job for _, job in jobs], cfg.n_procs, mem_bytes, done)
 
-    written: set[Path] = set()
-    good: dict[str | None, list[SeriesOutcome]] = {}
-    for session, job in jobs:
-        outcome = outcomes[job.index]
-        for message in outcome.log:
-            log.write(f"sub-{subject.label} series {job.index}: {message.strip()}")
-        for failure in outcome.failures:
-            summary.failures.append(failure)
-            audit.add_failure(private, failure)
-        audit.header_actions.update(outcome.header_actions.actions)
-        audit.sidecar_actions.update(outcome.sidecar_actions.fields)
-        if outcome.excluded:
-            failure = Failure(job.series.files[0], "series", outcome.excluded)
-            summary.failures.append(failure)
-            audit.add_failure(private, failure)
-            audit.series.append({"series": job.index, "excluded": outcome.excluded})
-        else:
-            good.setdefault(session.label, []).append(outcome)
+    good = _record_outcomes(subject, private, jobs, outcomes, audit, summary, log)
     for session in subject.sessions:
-        session_dir = cfg.output_dir / f"sub-{subject.label}" / f"ses-{session.label}"
-        outcomes_here = good.get(session.label, [])
-        _complete_sidecars([item for outcome in outcomes_here for item in outcome.produced])
-        rows = []
-        for outcome in outcomes_here:
-            rows += _write_outputs(cfg.output_dir, private.qc_dir, subject, session, outcome, audit)
-            for item in outcome.produced:
-                stem = cfg.output_dir / item.target.relpath(subject.label, session.label)
-                for ext in [".nii.gz", ".json", *(e.suffix for e in item.extras)]:
-                    written.add(stem.with_name(stem.name + ext))
-            files = sorted(f"{item.target.relpath(subject.label, session.label)}.nii.gz"
-                           for item in outcome.produced)
-            if outcome.dicom_files:
-                files.append(f"{_sourcedata_dicom_dir(subject, session, outcome)}/")
-            audit.series.append({"series": outcome.index, "files": files,
-                **({"words_redacted": outcome.words_redacted} if outcome.words_redacted else {})})
-            summary.series_converted += 1
-        if rows:
-            written.add(bids.write_scans_tsv(session_dir, f"sub-{subject.label}_ses-{session.label}", rows))
-        _remove_stale(session_dir, written)
+        _write_session(cfg, private, subject, session, good.get(session.label, []), audit)
+        summary.series_converted += len(good.get(session.label, []))
     audit.series.sort(key=lambda entry: entry["series"])
     audit.files_in += len(subject.raw)
     for failure in clean_raw_files(cfg, subject, private, scrub, audit):
