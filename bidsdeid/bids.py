@@ -154,17 +154,33 @@ def write_json(path: Path, data: Mapping) -> None:
     _write_if_changed(path, _json_text(data))
 
 
+def _field_map_group(target: BidsTarget) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """Field-map files of one acquisition: the same kind (EPI or GRE set) and the same entities
+    apart from an EPI map's dir-."""
+    kind = "epi" if target.suffix == "epi" else "gre"
+    return kind, tuple((k, v) for k, v in target.entities if k != "dir")
+
+
 def sidecar_completions(items: Sequence[tuple[BidsTarget, Mapping[str, Any]]]) -> list[dict[str, Any]]:
     """Fields BIDS requires that dcm2niix may not write, for each (target, sidecar) of a session.
 
     TaskName for functional runs (from the task entity); EchoTime1/EchoTime2 for a phase
-    difference map, taken from its magnitude images' echo times.
+    difference map, taken from its magnitude images' echo times; and the recommended
+    B0FieldIdentifier on every field map (one per acquisition: a GRE set, or an EPI dir- pair),
+    with B0FieldSource on the BOLD/DWI images when the session has exactly one field map.
     """
     magnitude_te = {(t.entities, t.suffix): s.get("EchoTime") for t, s in items
                     if t.suffix in ("magnitude1", "magnitude2")}
+    field_maps = sorted({_field_map_group(t) for t, _ in items if t.datatype == "fmap"})
+    identifiers = {group: f"b0map{number}" for number, group in enumerate(field_maps, start=1)}
     completions = []
     for target, sidecar in items:
         extra: dict[str, Any] = {}
+        if target.datatype == "fmap" and "B0FieldIdentifier" not in sidecar:
+            extra["B0FieldIdentifier"] = identifiers[_field_map_group(target)]
+        if (target.datatype in ("func", "dwi") and len(field_maps) == 1
+                and "B0FieldSource" not in sidecar):
+            extra["B0FieldSource"] = identifiers[field_maps[0]]
         if target.datatype == "func" and "TaskName" not in sidecar:
             extra["TaskName"] = dict(target.entities).get("task", "unknown")
         if target.suffix == "phasediff":
