@@ -192,12 +192,17 @@ def _redact_series(job: SeriesJob, files: list[Path], outcome: SeriesOutcome) ->
         try:
             result = redact_file(path, path, job.redact, job.scrub.identifiers)
         except PixelError as exc:
-            outcome.excluded = f"burned-in text could not be redacted: {exc}"
+            outcome.excluded = f"burned-in text could not be redacted: {_reason(exc, job)}"
             return False
         outcome.words_redacted += result.words_redacted
         if result.thumbnail and outcome.redaction_png is None and result.boxes:
             outcome.redaction_png = result.thumbnail
     return True
+
+
+def _reason(exc: Exception, job: SeriesJob) -> str:
+    """A stage's message without work-dir paths: the audit names series, not scratch files."""
+    return str(exc).replace(f"{job.work_dir}/", "").replace(str(job.work_dir), "")
 
 
 class _StageError(Exception):
@@ -214,7 +219,7 @@ def _deface(job: SeriesJob, item: ProducedFile, out_dir: Path) -> None:
     try:
         result = deface_file(item.nifti, defaced, brain_mask=mask, brain_extracted=brain, qc=True)
     except DefaceError as exc:  # a face must never be released: the series is excluded
-        raise _StageError(f"defacing failed: {exc}") from exc
+        raise _StageError(f"defacing failed: {_reason(exc, job)}") from exc
     item.nifti, item.brain_mask, item.brain_image = defaced, mask, brain
     if result.qc_png:
         item.qc_png, item.qc_shared_png = result.qc_png, after_row(result.qc_png)
@@ -227,7 +232,7 @@ def _convert_and_sanitize(job: SeriesJob, dicom_dir: Path, nifti_dir: Path,
         outcome.log.append(messages)
         targets = name_outputs(job.series.target, [read_sidecar(o) for o in outputs])
     except ConvertError as exc:
-        raise _StageError(f"conversion failed: {exc}") from exc
+        raise _StageError(f"conversion failed: {_reason(exc, job)}") from exc
     policy = load_sidecar_policy()
     for output, target in zip(outputs, targets):
         try:
@@ -240,7 +245,7 @@ def _convert_and_sanitize(job: SeriesJob, dicom_dir: Path, nifti_dir: Path,
                 nifti = nifti.with_name(nifti.name + ".gz")
             sanitize_nifti(output.nifti, nifti)
         except SanitizeError as exc:
-            raise _StageError(f"sanitizing failed: {exc}") from exc
+            raise _StageError(f"sanitizing failed: {_reason(exc, job)}") from exc
         item = ProducedFile(target, nifti, output.sidecar, output.extras)
         if job.deface and target.datatype == "anat" and target.suffix in ANAT_DEFACE_SUFFIXES:
             _deface(job, item, nifti_dir)
