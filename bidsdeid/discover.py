@@ -6,10 +6,12 @@ data. Symlinks are not followed unless asked, so nothing outside INPUT_DIR is re
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -218,10 +220,127 @@ def _is_slide_candidate(path: Path, head: bytes) -> bool:
     return path.suffix.lower() in _SLIDE_SUFFIXES or head[:4] in _TIFF_MAGICS
 
 
-def discover(input_dir: Path, follow_symlinks: bool = False) -> Discovery:
-    """Classify every file under ``input_dir`` and group DICOM instances into series."""
+@dataclass(frozen=True)
+class FileRecord:
+    """What one file is: kind ("skip", "fail", "twix", "slide", "dicom") and, for DICOM, its
+    series key and instance number. Plain values, so it can be kept in the discovery index."""
+
+    kind: str
+    reason: str = ""
+    key: tuple[str, str, str] = ("", "", "")
+    number: int = 0
+
+
+def classify(path: Path) -> tuple[FileRecord, Dataset | None]:
+    """Classify one file by its content; also returns the header of a DICOM instance."""
     from bidsdeid.rawdata.wsi import WsiError, detect_slide
 
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(256)
+    except OSError as exc:
+        return FileRecord("fail", f"unreadable file ({exc.strerror})"), None
+    if not head:
+        return FileRecord("fail", "empty file"), None
+    if not sniff_dicom(head):
+        if maybe_twix(head):
+            from bidsdeid.rawdata.twix import is_twix  # twixtools: imported only when needed
+
+            if is_twix(path):
+                return FileRecord("twix"), None
+        try:
+            is_slide = _is_slide_candidate(path, head) and detect_slide(path) is not None
+        except WsiError as exc:
+            return FileRecord("fail", exc.reason), None
+        if is_slide:
+            return FileRecord("slide"), None
+        problem = tiff_problem(path) if head[:4] in _TIFF_MAGICS else None
+        if problem:
+            return FileRecord("fail", problem), None
+        if path.suffix.lower() == ".dcm":
+            return FileRecord("fail", "named .dcm but not DICOM"), None
+        return FileRecord("skip", "not DICOM, twix or a slide"), None
+    try:
+        ds = read_header(path)
+        sop_class = str(ds.get("SOPClassUID", "")
+                        or getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", ""))
+        if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+            return FileRecord("skip", "DICOMDIR index"), None
+        if sop_class == WSI_SOP_CLASS:
+            return FileRecord("slide"), None
+        study = str(ds.get("StudyInstanceUID", "") or "")
+        series = str(ds.get("SeriesInstanceUID", "") or "")
+        if not study or not series:
+            return FileRecord("fail", "missing Study/SeriesInstanceUID (Type 1)"), None
+        return FileRecord("dicom", key=(patient_key(ds), study, series),
+                          number=_instance_number(ds)), ds
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on hostile bytes
+        return FileRecord("fail", _failure_reason(path, exc)), None
+
+
+def _signature(path: Path) -> list[int] | None:
+    """Size, times and inode: a file whose signature is unchanged need not be read again."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+@dataclass
+class DiscoveryIndex:
+    """Records of files already classified (and series header summaries), kept in the private
+    dir so that each job of a participant array need not read every header of INPUT_DIR again.
+    It holds header values: it lives only in the private dir, 0600."""
+
+    files: dict[str, list] = field(default_factory=dict)  # path -> signature + record
+    headers: dict[str, dict[str, Any]] = field(default_factory=dict)  # series -> path + summary
+    changed: bool = False
+
+    @classmethod
+    def load(cls, path: Path, follow_symlinks: bool) -> DiscoveryIndex:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return cls()
+        if data.get("version") != _INDEX_VERSION or data.get("follow_symlinks") != follow_symlinks:
+            return cls()
+        return cls(data.get("files", {}), data.get("headers", {}))
+
+    def save(self, path: Path, follow_symlinks: bool) -> None:
+        from bidsdeid.fsutil import atomic_write_text
+
+        atomic_write_text(path, json.dumps({"version": _INDEX_VERSION,
+                                            "follow_symlinks": follow_symlinks,
+                                            "files": self.files, "headers": self.headers}),
+                          mode=0o600)
+
+    def lookup(self, path: Path, signature: list[int] | None) -> FileRecord | None:
+        entry = self.files.get(str(path))
+        if signature is None or entry is None or entry[:4] != signature:
+            return None
+        kind, reason, key, number = entry[4:]
+        return FileRecord(kind, reason, tuple(key), number)
+
+    def store(self, path: Path, signature: list[int] | None, record: FileRecord) -> None:
+        if signature is not None:
+            self.files[str(path)] = [*signature, record.kind, record.reason, list(record.key),
+                                     record.number]
+            self.changed = True
+
+
+_INDEX_VERSION = 1
+
+
+def discover(input_dir: Path, follow_symlinks: bool = False,
+             index: DiscoveryIndex | None = None) -> Discovery:
+    """Classify every file under ``input_dir`` and group DICOM instances into series.
+
+    With an ``index``, files whose size, times and inode are unchanged are not read again; the
+    index is updated (``index.changed``) and pruned to the files seen.
+    """
+    index = index if index is not None else DiscoveryIndex()
+    seen: dict[str, list] = {}
     found = Discovery()
     groups: dict[tuple[str, str, str], list[tuple[int, Path]]] = {}
     first_header: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -230,64 +349,49 @@ def discover(input_dir: Path, follow_symlinks: bool = False) -> Discovery:
         if skip:
             found.skipped.append(SkippedFile(path, skip))
             continue
-        try:
-            with path.open("rb") as fh:
-                head = fh.read(256)
-        except OSError as exc:
-            found.failures.append(Failure(path, "discover", f"unreadable file ({exc.strerror})"))
-            continue
-        if not head:
-            found.failures.append(Failure(path, "discover", "empty file"))
-            continue
-        if not sniff_dicom(head):
-            if maybe_twix(head):
-                from bidsdeid.rawdata.twix import is_twix  # twixtools: imported only when needed
-
-                if is_twix(path):
-                    found.twix.append(path)
+        signature = _signature(path)
+        record, ds = index.lookup(path, signature), None
+        if record is None:
+            record, ds = classify(path)
+            index.store(path, signature, record)
+        if str(path) in index.files:
+            seen[str(path)] = index.files[str(path)]
+        if record.kind == "skip":
+            found.skipped.append(SkippedFile(path, record.reason))
+        elif record.kind == "fail":
+            found.failures.append(Failure(path, "discover", record.reason))
+        elif record.kind == "twix":
+            found.twix.append(path)
+        elif record.kind == "slide":
+            found.slides.append(path)
+        else:
+            if record.key not in first_header:  # decodes every element: once per series
+                try:
+                    first_header[record.key] = _first_header(path, ds, record, index)
+                except Exception as exc:  # noqa: BLE001 - a value pydicom cannot decode
+                    index.files.pop(str(path), None)
+                    seen.pop(str(path), None)
+                    found.failures.append(Failure(path, "discover", _failure_reason(path, exc)))
                     continue
-            try:
-                is_slide = _is_slide_candidate(path, head) and detect_slide(path) is not None
-            except WsiError as exc:
-                found.failures.append(Failure(path, "discover", exc.reason))
-                continue
-            problem = None if is_slide or head[:4] not in _TIFF_MAGICS else tiff_problem(path)
-            if is_slide:
-                found.slides.append(path)
-            elif problem:
-                found.failures.append(Failure(path, "discover", problem))
-            elif path.suffix.lower() == ".dcm":
-                found.failures.append(Failure(path, "discover", "named .dcm but not DICOM"))
-            else:
-                found.skipped.append(SkippedFile(path, "not DICOM, twix or a slide"))
-            continue
-        try:
-            ds = read_header(path)
-            sop_class = str(ds.get("SOPClassUID", "")
-                            or getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", ""))
-            if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
-                found.skipped.append(SkippedFile(path, "DICOMDIR index"))
-                continue
-            if sop_class == WSI_SOP_CLASS:
-                found.slides.append(path)
-                continue
-            study = str(ds.get("StudyInstanceUID", "") or "")
-            series = str(ds.get("SeriesInstanceUID", "") or "")
-            if not study or not series:
-                found.failures.append(Failure(path, "discover",
-                                              "missing Study/SeriesInstanceUID (Type 1)"))
-                continue
-            key = (patient_key(ds), study, series)
-            number = _instance_number(ds)
-            if key not in first_header:  # decodes every element: done once per series
-                first_header[key] = header_summary(ds)
-        except Exception as exc:  # noqa: BLE001 - pydicom raises many types on hostile bytes
-            found.failures.append(Failure(path, "discover", _failure_reason(path, exc)))
-            continue
-        groups.setdefault(key, []).append((number, path))
+            groups.setdefault(record.key, []).append((record.number, path))
+    if len(seen) != len(index.files):
+        index.files, index.changed = seen, True
     for key, members in groups.items():
         members.sort()
         header = dict(first_header[key], NumberOfFiles=len(members))
         found.series.append(Series(key[0], key[1], key[2], [p for _, p in members], header))
     found.series.sort(key=lambda s: (s.patient_key, s.study_uid, s.sort_key))
     return found
+
+
+def _first_header(path: Path, ds: Dataset | None, record: FileRecord,
+                  index: DiscoveryIndex) -> dict[str, Any]:
+    """Header summary of a series' first file: from the index when it came from this file."""
+    series = "|".join(record.key)
+    cached = index.headers.get(series)
+    if ds is None and cached is not None and cached.get("path") == str(path):
+        return cached["summary"]
+    summary = header_summary(ds if ds is not None else read_header(path))
+    index.headers[series] = {"path": str(path), "summary": summary}
+    index.changed = True
+    return summary

@@ -31,10 +31,10 @@ from bidsdeid.convert import (
 )
 from bidsdeid.deid.apply import DeidError, ScrubContext, ScrubStats, scrub_file, subject_identifiers
 from bidsdeid.deid.options import DeidOptions
-from bidsdeid.discover import discover, read_header
+from bidsdeid.discover import DiscoveryIndex, discover, read_header
 from bidsdeid.fsutil import atomic_write_bytes, remove_stale_temps, scratch_dir
 from bidsdeid.heuristics import SOURCEDATA_DICOM, Heuristic, assign_targets, load_heuristic
-from bidsdeid.privatedir import PrivateDir, default_private_dir, read_label_mapping
+from bidsdeid.privatedir import DISCOVERY_INDEX, PrivateDir, default_private_dir, read_label_mapping
 from bidsdeid.rawdata.assign import (
     RawCandidate,
     identify_raw_files,
@@ -557,12 +557,25 @@ def prepare(cfg: RunConfig) -> tuple[PrivateDir, Discovery, list[Subject]]:
     heuristic = load_heuristic(cfg.heuristic)
     mapping = read_label_mapping(cfg.label_mapping) if cfg.label_mapping else None
     slide_mapping = read_slide_mapping(cfg.slide_mapping) if cfg.slide_mapping else {}
-    found = discover(cfg.input_dir, follow_symlinks=cfg.follow_symlinks)
+    found = _discover_with_index(cfg, private)
     raw, raw_failures = identify_raw_files(found, cfg.input_dir, slide_mapping)
     found.failures.extend(raw_failures)
     record = not (cfg.dry_run or cfg.list_participants)
     subjects = plan_subjects(found, private, heuristic, mapping, cfg.participant_labels, record, raw)
     return private, found, subjects
+
+
+def _discover_with_index(cfg: RunConfig, private: PrivateDir) -> Discovery:
+    """Discovery that reuses the private dir's index of already-read files (not in a dry run,
+    which writes nothing): array jobs after the first read only new or changed files."""
+    if cfg.dry_run:
+        return discover(cfg.input_dir, follow_symlinks=cfg.follow_symlinks)
+    path = private.root / DISCOVERY_INDEX
+    index = DiscoveryIndex.load(path, cfg.follow_symlinks)
+    found = discover(cfg.input_dir, follow_symlinks=cfg.follow_symlinks, index=index)
+    if index.changed:
+        index.save(path, cfg.follow_symlinks)
+    return found
 
 
 def _peek_private(cfg: RunConfig) -> PrivateDir:

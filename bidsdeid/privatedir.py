@@ -27,6 +27,7 @@ IDENTIFIERS_DIR = "identifiers"
 LOG_DIR = "logs"
 LOCK_DIR = "locks"
 QC_DIR = "qc"
+DISCOVERY_INDEX = "discovery-index.json"  # classified input files and series headers (PHI)
 
 # Shift dates back 110-120 years in whole weeks (weekday kept), so that acquisition dates land in
 # 1925 or earlier as BIDS recommends for scans.tsv acq_time.

@@ -103,3 +103,34 @@ def test_twix_files_are_recognised_by_content(tmp_path, layout):
     found = discover(tmp_path)
     assert [p.name for p in found.twix] == ["meas_MID00042.dat"]
     assert [s.path.name for s in found.skipped] == ["random.dat"]
+
+
+def test_index_gives_the_same_discovery_without_reading_files_again(tmp_path, monkeypatch):
+    import bidsdeid.discover as discover_module
+    from bidsdeid.discover import DiscoveryIndex
+
+    series_files(tmp_path / "in", n=3)
+    (tmp_path / "in" / "notes.txt").write_text("x")
+    index = DiscoveryIndex()
+    first = discover(tmp_path / "in", index=index)
+    index.save(tmp_path / "index.json", follow_symlinks=False)
+    reloaded = DiscoveryIndex.load(tmp_path / "index.json", follow_symlinks=False)
+
+    def no_reading(path):
+        raise AssertionError(f"{path} was read although it is unchanged")
+
+    monkeypatch.setattr(discover_module, "classify", no_reading)
+    monkeypatch.setattr(discover_module, "read_header", no_reading)
+    again = discover(tmp_path / "in", index=reloaded)
+    assert again == first
+
+
+def test_index_entry_of_a_changed_file_is_not_used(tmp_path):
+    from bidsdeid.discover import DiscoveryIndex
+
+    files = series_files(tmp_path / "in", n=2)
+    index = DiscoveryIndex()
+    discover(tmp_path / "in", index=index)
+    files[0].write_bytes(b"")
+    found = discover(tmp_path / "in", index=index)
+    assert [(f.path, f.reason) for f in found.failures] == [(files[0], "empty file")]
