@@ -31,6 +31,7 @@ from bidsdeid.convert import (
 )
 from bidsdeid.deid.apply import DeidError, ScrubContext, ScrubStats, scrub_file, subject_identifiers
 from bidsdeid.deid.options import DeidOptions
+from bidsdeid.deid.text import clean_text
 from bidsdeid.discover import DiscoveryIndex, discover, read_header
 from bidsdeid.fsutil import atomic_write_bytes, remove_stale_temps, scratch_dir
 from bidsdeid.heuristics import SOURCEDATA_DICOM, Heuristic, assign_targets, load_heuristic
@@ -510,7 +511,9 @@ def run_subject(cfg: RunConfig, subject: Subject, private: PrivateDir, work_root
             index += 1
             if series.target is None:
                 summary.series_skipped += 1
-                audit.series.append({"series": index, "skipped": series.skip_reason})
+                # a user's plug-in may word its skip reasons from header values: clean them
+                audit.series.append({"series": index, "skipped": clean_text(
+                    series.skip_reason or "", subject.identifiers)})
                 log.write(f"sub-{subject.label} series {index} skipped: {series.skip_reason} "
                           f"({len(series.files)} files, first {series.files[0]})")
                 continue
