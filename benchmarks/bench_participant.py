@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from mrslice import mr_slice
+from pydicom.uid import generate_uid
 
 SERIES = 20
 
@@ -36,29 +36,15 @@ def build_input(root: Path, n_files: int) -> None:
     for s in range(SERIES):
         series_uid = generate_uid()
         for i in range(per_series):
-            ds = Dataset()
-            ds.file_meta = FileMetaDataset()
-            ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
-            ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
-            ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Bench^Patient", "MRN7654321", "19600101"
+            pixels = rng.integers(0, 4000, (128, 128), dtype=np.uint16)
+            ds = mr_slice("Bench^Patient", "MRN7654321", study, series_uid, s + 1, i + 1,
+                          descriptions[s % len(descriptions)], pixels)
+            ds.PatientBirthDate = "19600101"
             ds.InstitutionName, ds.StationName = "Bench General Hospital", "BENCHMR1"
-            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series_uid
             ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = "20240131"
             ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = f"1000{s:02d}"
-            ds.Modality, ds.Manufacturer = "MR", "BenchVendor"
-            ds.SeriesDescription = descriptions[s % len(descriptions)]
-            ds.SeriesNumber, ds.InstanceNumber = s + 1, i + 1
+            ds.Manufacturer = "BenchVendor"
             ds.EchoTime, ds.RepetitionTime = 30.0, 2000.0
-            ds.ImagePositionPatient = [0.0, 0.0, float(i)]
-            ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-            ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], 1.0
-            ds.Rows = ds.Columns = 128
-            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-            ds.BitsAllocated = ds.BitsStored = 16
-            ds.HighBit, ds.PixelRepresentation = 15, 0
-            ds.PixelData = rng.integers(0, 4000, (128, 128), dtype=np.uint16).tobytes()
             folder = root / f"s{s:02d}"
             folder.mkdir(parents=True, exist_ok=True)
             ds.save_as(folder / f"{i:05d}.dcm", enforce_file_format=True)

@@ -27,32 +27,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from mrslice import mr_slice
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 
 def _slice(patient: int, study: str, series: str, instance: int) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
-    ds.PatientName, ds.PatientID = f"Soak^Patient{patient:04d}", f"SOAK{patient:06d}"
+    ds = mr_slice(f"Soak^Patient{patient:04d}", f"SOAK{patient:06d}", study, series, 1, instance,
+                  "t1_mprage_sag", np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * instance)
     ds.PatientBirthDate, ds.PatientSex, ds.PatientAge = "19700101", "F", "054Y"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
     ds.StudyDate = ds.SeriesDate = "20240131"
     ds.StudyTime = ds.SeriesTime = "101500"
-    ds.Modality, ds.Manufacturer = "MR", "SoakVendor"
-    ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = "t1_mprage_sag", 1, instance
-    ds.ImagePositionPatient = [0.0, 0.0, float(instance)]
-    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], 1.0
-    ds.Rows = ds.Columns = 32
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit, ds.PixelRepresentation = 15, 0
-    ds.PixelData = (np.arange(32 * 32, dtype=np.uint16) * instance).tobytes()
+    ds.Manufacturer = "SoakVendor"
     return ds
 
 
