@@ -1,7 +1,8 @@
 """Walk INPUT_DIR, classify each file by content, and group DICOM instances into series.
 
-Only headers are read (``stop_before_pixels``), so discovery of 10,000 files never loads pixel
-data. Symlinks are not followed unless asked, so nothing outside INPUT_DIR is read by accident.
+Only headers are read, so discovery of 10,000 files never loads pixel data: the first 64 kB of a
+file, followed element by element (``bidsdeid.elements``), hold the few values discovery needs
+in the common case; otherwise pydicom reads the header (``stop_before_pixels``). Symlinks are not followed unless asked, so nothing outside INPUT_DIR is read by accident.
 """
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
+from bidsdeid.elements import (
+    UNDEFINED_LENGTH,
+    ElementError,
+    element_header,
+    meta_spans,
+    short_value,
+    spans,
+    transfer_syntax_is_implicit,
+)
 from bidsdeid.records import Discovery, Failure, Series, SkippedFile
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -231,6 +241,75 @@ class FileRecord:
     number: int = 0
 
 
+# Tags the series key and order need, read by byte spans in the common case.
+_PATIENT_ID, _STUDY_UID, _SERIES_UID = 0x00100020, 0x0020000D, 0x0020000E
+_INSTANCE_NUMBER, _SOP_CLASS, _MEDIA_SOP_CLASS = 0x00200013, 0x00080016, 0x00020002
+_DIRECTORY_RECORDS, _PIXEL_DATA = 0x00041220, 0x7FE00010
+_KEY_TAGS = frozenset({_PATIENT_ID, _STUDY_UID, _SERIES_UID, _INSTANCE_NUMBER, _SOP_CLASS})
+_FIRST_READ = 1 << 16
+_PLAIN_INTEGER = re.compile(rb"[+-]?[0-9]+")
+
+
+def _plain_text(value: bytes) -> str | None:
+    """A single ASCII value as pydicom would give it, stripped; None when decoding may differ."""
+    text = value.rstrip(b"\x00 ")
+    if not text.isascii() or b"\\" in text or b"\x00" in text:
+        return None
+    return text.decode("ascii").strip()
+
+
+def _spans_record(path: Path, data: bytes, size: int) -> FileRecord | None:
+    """The record of a plain little-endian Part 10 image file, read by byte spans without pydicom.
+
+    None whenever pydicom must decide (another encoding, odd values, no pixel data, a header
+    longer than ``data``, DICOMDIR or slide instances, no Patient ID): same answer, slower path.
+    """
+    try:
+        meta = meta_spans(data)
+        implicit = transfer_syntax_is_implicit(data, meta)
+        if implicit is None:
+            return None
+        found = spans(data, meta[-1].end, implicit, stop_tag=_PIXEL_DATA)
+        pixel_at = found[-1].end if found else meta[-1].end
+        if len(data) < pixel_at + 12:
+            return None  # the pixel data header is beyond what was read, or missing
+        tag, value_start, length = element_header(data, pixel_at, implicit)
+    except ElementError:
+        return None
+    if tag != _PIXEL_DATA:
+        return None
+    if length == UNDEFINED_LENGTH:
+        if value_start + 8 > size:
+            raise TruncatedDicomError("encapsulated pixel data cut short")
+    elif value_start + length > size:
+        raise TruncatedDicomError("pixel data runs past the end of the file")
+    values: dict[int, str] = {}
+    for span in (*meta, *found):
+        if span.tag in _KEY_TAGS or span.tag == _MEDIA_SOP_CLASS:
+            text = _plain_text(short_value(data, span))
+            if text is None:
+                return None
+            values[span.tag] = text
+        elif span.tag == _DIRECTORY_RECORDS:
+            return None
+    sop_class = values.get(_SOP_CLASS) or values.get(_MEDIA_SOP_CLASS, "")
+    patient, study, series = (values.get(t, "") for t in (_PATIENT_ID, _STUDY_UID, _SERIES_UID))
+    number = values.get(_INSTANCE_NUMBER, "")
+    if sop_class in (DICOMDIR_SOP_CLASS, WSI_SOP_CLASS) or not (patient and study and series):
+        return None
+    if number and not _PLAIN_INTEGER.fullmatch(number.encode()):
+        return None
+    return FileRecord("dicom", key=(f"id:{patient}", study, series),
+                      number=int(number) if number else 0)
+
+
+def _read_spans_record(path: Path) -> FileRecord | None:
+    with path.open("rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        data = fh.read(_FIRST_READ)
+    return _spans_record(path, data, size)
+
+
 def classify(path: Path) -> tuple[FileRecord, Dataset | None]:
     """Classify one file by its content; also returns the header of a DICOM instance."""
     from bidsdeid.rawdata.wsi import WsiError, detect_slide
@@ -261,6 +340,9 @@ def classify(path: Path) -> tuple[FileRecord, Dataset | None]:
             return FileRecord("fail", "named .dcm but not DICOM"), None
         return FileRecord("skip", "not DICOM, twix or a slide"), None
     try:
+        record = _read_spans_record(path)
+        if record is not None:
+            return record, None
         ds = read_header(path)
         sop_class = str(ds.get("SOPClassUID", "")
                         or getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", ""))

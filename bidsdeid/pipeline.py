@@ -29,8 +29,9 @@ from bidsdeid.convert import (
     read_sidecar,
     run_dcm2niix,
 )
-from bidsdeid.deid.apply import DeidError, ScrubContext, ScrubStats, scrub_file, subject_identifiers
+from bidsdeid.deid.apply import DeidError, ScrubContext, ScrubStats, subject_identifiers
 from bidsdeid.deid.options import DeidOptions
+from bidsdeid.deid.series import SeriesScrubber
 from bidsdeid.deid.text import clean_text
 from bidsdeid.discover import DiscoveryIndex, discover, read_header
 from bidsdeid.fsutil import atomic_write_bytes, remove_stale_temps, scratch_dir
@@ -173,10 +174,11 @@ def acq_time_of(ds: pydicom.Dataset) -> str:
 
 def _scrub_series(job: SeriesJob, dicom_dir: Path, outcome: SeriesOutcome) -> list[Path]:
     scrubbed = []
+    scrubber = SeriesScrubber(job.scrub, job.options)
     for number, src in enumerate(job.series.files):
         dst = dicom_dir / f"{number:05d}.dcm"
         try:
-            outcome.header_actions.merge(scrub_file(src, dst, job.scrub, job.options))
+            outcome.header_actions.merge(scrubber.scrub_file(src, dst))
             scrubbed.append(dst)
         except DeidError as exc:
             outcome.failures.append(Failure(src, "scrub", str(exc)))
@@ -185,9 +187,11 @@ def _scrub_series(job: SeriesJob, dicom_dir: Path, outcome: SeriesOutcome) -> li
 
 def _redact_series(job: SeriesJob, files: list[Path], outcome: SeriesOutcome) -> bool:
     """Burned-in text stage; False when the series must be excluded."""
-    from bidsdeid.pixels import PixelError, needs_pixel_check, redact_file
+    if job.redact == "off":
+        return True
+    from bidsdeid.pixels import PixelError, needs_pixel_check, redact_file  # Tesseract, Pillow
 
-    if job.redact == "off" or not needs_pixel_check(job.series.header, force=job.ocr_all_series):
+    if not needs_pixel_check(job.series.header, force=job.ocr_all_series):
         return True
     for path in files:
         try:

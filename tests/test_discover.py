@@ -134,3 +134,46 @@ def test_index_entry_of_a_changed_file_is_not_used(tmp_path):
     files[0].write_bytes(b"")
     found = discover(tmp_path / "in", index=index)
     assert [(f.path, f.reason) for f in found.failures] == [(files[0], "empty file")]
+
+
+def _variants(root):
+    """Files that exercise both ways of reading a header: plain, odd and broken."""
+    from badinputs import bad_dicom_bytes
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    from bidsdeid.deid.synthetic import mr_image
+
+    files = [write(mr_slice(), root / "plain"), write(mr_slice(), root / "bare", preamble=False)]
+    implicit = mr_slice(instance=7)
+    implicit.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    files.append(write(implicit, root / "implicit"))
+    for name, patient_id in (("blank_id", "   "), ("two_ids", "A1\\B2"), ("padded", " X9 "),
+                             ("latin1", "Jos\xe9")):
+        ds = mr_slice(patient_id)
+        if name == "latin1":
+            ds.SpecificCharacterSet = "ISO_IR 100"
+        files.append(write(ds, root / name))
+    odd_number = mr_slice(instance=3)
+    odd_number.InstanceNumber = "+0012"
+    files.append(write(odd_number, root / "odd_number"))
+    files.append(write(mr_image(instance=2), root / "nested_and_private"))
+    for name, (data, _) in bad_dicom_bytes().items():
+        (root / f"bad_{name}.dcm").write_bytes(data)
+        files.append(root / f"bad_{name}.dcm")
+    return files
+
+
+def test_reading_by_byte_spans_agrees_with_pydicom(tmp_path, monkeypatch):
+    import bidsdeid.discover as discover_module
+
+    files = _variants(tmp_path)
+    by_spans = {path: discover_module.classify(path)[0] for path in files}
+    monkeypatch.setattr(discover_module, "_read_spans_record", lambda path: None)
+    by_pydicom = {path: discover_module.classify(path)[0] for path in files}
+    differ = {p.name: (by_spans[p], by_pydicom[p]) for p in files if by_spans[p] != by_pydicom[p]}
+    assert not differ, f"byte-span reading disagrees with pydicom: {differ}"
+    plain = tmp_path / "plain"
+    assert discover_module._read_spans_record(plain) is None  # patched: sanity
+    monkeypatch.undo()
+    assert discover_module._read_spans_record(plain) == by_pydicom[plain], \
+        "the common case must take the byte-span path"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import io
 import time
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from isal import igzip
 
 from bidsdeid.deface.infer import DefaceError, NativeMasks, load_model, predict_masks
 from bidsdeid.deface.qc import qc_png
@@ -70,7 +70,7 @@ def nifti_bytes_like(header: nib.Nifti1Header, raw: np.ndarray, gz: bool) -> byt
         order="F",
     )
     data = buf.getvalue()
-    return gzip.compress(data, compresslevel=1, mtime=0) if gz else data
+    return igzip.compress(data, compresslevel=1, mtime=0) if gz else data
 
 
 def mask_bytes(img: nib.Nifti1Image, mask: np.ndarray, gz: bool) -> bytes:
@@ -81,7 +81,7 @@ def mask_bytes(img: nib.Nifti1Image, mask: np.ndarray, gz: bool) -> bytes:
     out = nib.Nifti1Image(mask.astype(np.uint8), img.affine, header)
     out.header.set_slope_inter(1, 0)
     data = out.to_bytes()
-    return gzip.compress(data, compresslevel=1, mtime=0) if gz else data
+    return igzip.compress(data, compresslevel=1, mtime=0) if gz else data
 
 
 def _zero_value(img: nib.Nifti1Image, dtype: np.dtype) -> np.ndarray:

@@ -108,6 +108,15 @@ class _Scrubber:
     search: IdentifierSearch
     encodings: list[str]
     stats: ScrubStats
+    # ``stats`` split by the top-level element that caused each count (-1: the dataset as a
+    # whole), kept only when asked for: the series shortcut reuses a file's counts per element.
+    by_top: dict[int, ScrubStats] | None = None
+    top: int = -1
+
+    def count(self, tag: int, action: str) -> None:
+        self.stats.count(tag, action)
+        if self.by_top is not None:
+            self.by_top.setdefault(self.top, ScrubStats()).count(tag, action)
 
     # --- walking ------------------------------------------------------------------------------
 
@@ -116,6 +125,8 @@ class _Scrubber:
         for tag in map(int, list(ds.keys())):  # plain ints: BaseTag comparisons are slow
             if tag >> 16 & 1:
                 continue  # private: decided per block below
+            if not nested:
+                self.top = tag
             if not tag & 0xFFFF:  # group lengths are retired and would be wrong after edits
                 del ds[tag]
                 continue
@@ -127,8 +138,8 @@ class _Scrubber:
             if action != "K" or vr == "SQ":
                 self.apply(ds, tag, element, action, vr)
             if action != "K":
-                self.stats.count(tag, action)
-        self.private_elements(ds)
+                self.count(tag, action)
+        self.private_elements(ds, nested)
 
     def _unlisted_action(self, element: DataElement | RawDataElement, tag: int, vr: str,
                          nested: bool) -> str:
@@ -231,7 +242,7 @@ class _Scrubber:
 
     # --- private elements ---------------------------------------------------------------------
 
-    def private_elements(self, ds: pydicom.Dataset) -> None:
+    def private_elements(self, ds: pydicom.Dataset, nested: bool) -> None:
         # keys(), not iteration: iterating a Dataset decodes every element
         private_tags = [tag for tag in ds.keys() if tag.group & 1]  # noqa: SIM118
         if not private_tags:
@@ -245,6 +256,8 @@ class _Scrubber:
         for tag in private_tags:
             if tag.element <= 0xFF:
                 continue
+            if not nested:
+                self.top = int(tag)
             block = (tag.group, tag.element >> 8)
             override = profile.override_for(tag, self.options)
             creator = creators.get(block)
@@ -253,10 +266,10 @@ class _Scrubber:
                 and allow.allows(creator, tag.group, tag.element & 0xFF))
             if keep and self._keep_private(ds, tag):
                 kept_blocks.add(block)
-                self.stats.count(tag, "C")
+                self.count(tag, "C")
             else:
                 del ds[tag]
-                self.stats.count(tag, "X")
+                self.count(tag, "X")
         for tag in private_tags:
             if tag.element <= 0xFF and (tag.group, tag.element) not in kept_blocks:
                 del ds[tag]
@@ -284,11 +297,18 @@ class _Scrubber:
 
 def scrub_dataset(ds: pydicom.Dataset, ctx: ScrubContext, options: DeidOptions) -> ScrubStats:
     """De-identify ``ds`` in place (file meta included); returns what was done, per tag."""
+    return _scrub_dataset(ds, ctx, options, attribute=False).stats
+
+
+def _scrub_dataset(ds: pydicom.Dataset, ctx: ScrubContext, options: DeidOptions,
+                   attribute: bool) -> _Scrubber:
+    """``scrub_dataset``, returning the scrubber (its context and, if asked, per-element counts)."""
     search = IdentifierSearch.of(set(ctx.identifiers) | subject_identifiers(ds))
-    stats = ScrubStats()
     encodings = convert_encodings(ds.get("SpecificCharacterSet") or "ISO_IR 6")
-    scrubber = _Scrubber(ctx, options, str(ds.get("SOPClassUID", "")), search, encodings, stats)
+    scrubber = _Scrubber(ctx, options, str(ds.get("SOPClassUID", "")), search, encodings,
+                         ScrubStats(), {} if attribute else None)
     scrubber.dataset(ds, nested=False)
+    scrubber.top = -1
     for tag in (_PATIENT_NAME, _PATIENT_ID):
         if profile.override_for(tag, options) is None:
             ds[tag] = DataElement(tag, "PN" if tag == _PATIENT_NAME else "LO", ctx.subject)
@@ -298,10 +318,10 @@ def scrub_dataset(ds: pydicom.Dataset, ctx: ScrubContext, options: DeidOptions) 
         for tag in _IDENTIFYING_META:
             if tag in meta:
                 del meta[tag]
-                stats.count(tag, "X")
+                scrubber.count(tag, "X")
         if "SOPInstanceUID" in ds:
             meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    return stats
+    return scrubber
 
 
 _UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -376,17 +396,26 @@ def scrub_file(src: Path, dst: Path, ctx: ScrubContext, options: DeidOptions) ->
     """
     if Path(dst).resolve() == Path(src).resolve():
         raise DeidError("output would overwrite the input")
+    encoded, scrubber = scrub_bytes(read_input(src), ctx, options)
+    _replace_file(Path(dst), encoded)
+    return scrubber.stats
+
+
+def read_input(src: Path) -> bytes:
     try:
-        data = Path(src).read_bytes()
+        return Path(src).read_bytes()
     except OSError as exc:
         raise DeidError(f"cannot read file ({type(exc).__name__})") from None
+
+
+def scrub_bytes(data: bytes, ctx: ScrubContext, options: DeidOptions,
+                attribute: bool = False) -> tuple[bytes, _Scrubber]:
+    """The de-identified encoding of a whole file, and the scrubber that made it."""
     ds = _read(data)
     untouched = writer.snapshot(ds)
-    stats = scrub_dataset(ds, ctx, options)
+    scrubber = _scrub_dataset(ds, ctx, options, attribute)
     _ensure_transfer_syntax(ds)
     try:
-        encoded = writer.encode(ds, data, untouched)
+        return writer.encode(ds, data, untouched), scrubber
     except (ValueError, TypeError, OverflowError) as exc:
         raise DeidError(f"cannot encode the de-identified header ({type(exc).__name__})") from None
-    _replace_file(Path(dst), encoded)
-    return stats

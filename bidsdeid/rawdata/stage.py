@@ -25,6 +25,9 @@ def _raw_date_shift(subject: Subject, options: DeidOptions) -> int | None:
 def clean_raw_files(cfg: RunConfig, subject: Subject, private: PrivateDir, scrub: ScrubContext,
                      audit: SubjectAudit) -> list[Failure]:
     """Clean the subject's twix and slide files into ``sourcedata/``; returns failures."""
+    if not subject.raw:
+        return []
+    # Imported here: twixtools pulls in matplotlib (about 1 s), which DICOM-only runs never need.
     from bidsdeid.rawdata.twix import TwixError, clean_twix, twix_bids_name
     from bidsdeid.rawdata.wsi import (
         WsiError,
