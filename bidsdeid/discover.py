@@ -25,10 +25,9 @@ from bidsdeid.elements import (
     UNDEFINED_LENGTH,
     ElementError,
     element_header,
-    meta_spans,
+    layout,
     short_value,
     spans,
-    transfer_syntax_is_implicit,
 )
 from bidsdeid.records import Discovery, Failure, Series, SkippedFile
 
@@ -259,21 +258,18 @@ def _plain_text(value: bytes) -> str | None:
 
 
 def _spans_record(path: Path, data: bytes, size: int) -> FileRecord | None:
-    """The record of a plain little-endian Part 10 image file, read by byte spans without pydicom.
+    """The record of a plain little-endian image file, read by byte spans without pydicom.
 
     None whenever pydicom must decide (another encoding, odd values, no pixel data, a header
     longer than ``data``, DICOMDIR or slide instances, no Patient ID): same answer, slower path.
     """
     try:
-        meta = meta_spans(data)
-        implicit = transfer_syntax_is_implicit(data, meta)
-        if implicit is None:
-            return None
-        found = spans(data, meta[-1].end, implicit, stop_tag=_PIXEL_DATA)
-        pixel_at = found[-1].end if found else meta[-1].end
+        where = layout(data)
+        found = spans(data, where.start, where.implicit, stop_tag=_PIXEL_DATA)
+        pixel_at = found[-1].end if found else where.start
         if len(data) < pixel_at + 12:
             return None  # the pixel data header is beyond what was read, or missing
-        tag, value_start, length = element_header(data, pixel_at, implicit)
+        tag, value_start, length = element_header(data, pixel_at, where.implicit)
     except ElementError:
         return None
     if tag != _PIXEL_DATA:
@@ -284,7 +280,7 @@ def _spans_record(path: Path, data: bytes, size: int) -> FileRecord | None:
     elif value_start + length > size:
         raise TruncatedDicomError("pixel data runs past the end of the file")
     values: dict[int, str] = {}
-    for span in (*meta, *found):
+    for span in (*where.meta, *found):
         if span.tag in _KEY_TAGS or span.tag == _MEDIA_SOP_CLASS:
             text = _plain_text(short_value(data, span))
             if text is None:

@@ -122,14 +122,34 @@ def spans(data: bytes, start: int, implicit: bool, stop_tag: int | None = None) 
     return found
 
 
-def meta_spans(data: bytes) -> list[Span]:
-    """The file meta elements (group 0002, explicit VR) of a Part 10 file with a preamble."""
-    if data[128:PREAMBLE_END] != b"DICM":
-        raise ElementError("no preamble")
-    meta = spans(data, PREAMBLE_END, implicit=False, stop_tag=_AFTER_META)
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where a file's dataset starts and how it is encoded."""
+
+    meta: list[Span]   # file meta elements (empty for a bare dataset)
+    start: int         # offset of the dataset's first element
+    implicit: bool
+
+
+def layout(data: bytes) -> Layout:
+    """The layout of a little-endian file, read as pydicom does: with or without the preamble,
+    with or without file meta (a bare dataset's VR is sniffed from its first element)."""
+    if data[128:PREAMBLE_END] == b"DICM":
+        meta_start = PREAMBLE_END
+    elif data[:2] == b"\x02\x00":
+        meta_start = 0  # file meta without the preamble
+    else:
+        if data[:2] != b"\x08\x00" or len(data) < 8:
+            raise ElementError("neither file meta nor a group 0008 element first")
+        explicit = 0x40 < data[4] < 0x5B and 0x40 < data[5] < 0x5B
+        return Layout([], 0, not explicit)
+    meta = spans(data, meta_start, implicit=False, stop_tag=_AFTER_META)
     if not meta or meta[0].tag >> 16 != _META_GROUP:
         raise ElementError("no file meta group")
-    return meta
+    implicit = transfer_syntax_is_implicit(data, meta)
+    if implicit is None:
+        raise ElementError("not a little-endian transfer syntax")
+    return Layout(meta, meta[-1].end, implicit)
 
 
 def transfer_syntax_is_implicit(data: bytes, meta: list[Span]) -> bool | None:
@@ -150,7 +170,7 @@ def short_value(data: bytes, span: Span) -> bytes:
     return data[span.start + 8:span.end]
 
 
-def file_spans(data: bytes, implicit: bool) -> tuple[list[Span], list[Span]]:
-    """(file meta, dataset) spans of a Part 10 file with a preamble."""
-    meta = meta_spans(data)
-    return meta, spans(data, meta[-1].end, implicit)
+def file_spans(data: bytes) -> tuple[Layout, list[Span]]:
+    """The layout and the top-level dataset elements of a whole file."""
+    found = layout(data)
+    return found, spans(data, found.start, found.implicit)

@@ -36,6 +36,7 @@ from bidsdeid.deid.text import clean_text
 from bidsdeid.discover import DiscoveryIndex, discover, read_header
 from bidsdeid.fsutil import atomic_write_bytes, remove_stale_temps, scratch_dir
 from bidsdeid.heuristics import SOURCEDATA_DICOM, Heuristic, assign_targets, load_heuristic
+from bidsdeid.pixels.policy import needs_pixel_check
 from bidsdeid.privatedir import DISCOVERY_INDEX, PrivateDir, default_private_dir, read_label_mapping
 from bidsdeid.rawdata.assign import (
     RawCandidate,
@@ -187,12 +188,10 @@ def _scrub_series(job: SeriesJob, dicom_dir: Path, outcome: SeriesOutcome) -> li
 
 def _redact_series(job: SeriesJob, files: list[Path], outcome: SeriesOutcome) -> bool:
     """Burned-in text stage; False when the series must be excluded."""
-    if job.redact == "off":
+    if not _needs_redaction(job):
         return True
-    from bidsdeid.pixels import PixelError, needs_pixel_check, redact_file  # Tesseract, Pillow
+    from bidsdeid.pixels import PixelError, redact_file  # Tesseract, Pillow, codecs
 
-    if not needs_pixel_check(job.series.header, force=job.ocr_all_series):
-        return True
     for path in files:
         try:
             result = redact_file(path, path, job.redact, job.scrub.identifiers)
@@ -203,6 +202,20 @@ def _redact_series(job: SeriesJob, files: list[Path], outcome: SeriesOutcome) ->
         if result.thumbnail and outcome.redaction_png is None and result.boxes:
             outcome.redaction_png = result.thumbnail
     return True
+
+
+def _needs_redaction(job: SeriesJob) -> bool:
+    return job.redact != "off" and needs_pixel_check(job.series.header, force=job.ocr_all_series)
+
+
+def _import_stage_modules(jobs: list[SeriesJob]) -> None:
+    """Import the heavy stage modules the jobs need once, in the parent, before the workers
+    fork: each worker would otherwise import them again (about a second each)."""
+    if any(_needs_redaction(job) for job in jobs):
+        import bidsdeid.pixels.redact
+    if any(job.deface or job.skull_strip != "off" for job in jobs
+           if job.series.target.datatype == "anat"):
+        import bidsdeid.deface.apply  # noqa: F401
 
 
 def _reason(exc: Exception, job: SeriesJob) -> str:
@@ -338,6 +351,7 @@ def _map_pool(jobs: list[SeriesJob], n_procs: int, mem_bytes: int | None,
         for job in jobs:
             on_done(process_series(job))
         return
+    _import_stage_modules(jobs)
     pending = list(jobs)
     in_flight: dict[Future, int] = {}
     with ProcessPoolExecutor(max_workers=n_procs) as pool:

@@ -63,6 +63,19 @@ def test_series_output_is_byte_identical_to_scrubbing_each_file_alone(tmp_path, 
     assert shortcut == 5
 
 
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit-VR", "implicit-VR"])
+def test_bare_datasets_without_preamble_or_file_meta_take_the_shortcut_too(tmp_path, implicit):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    files = []
+    for instance in range(1, 6):
+        bare = _slice(instance).copy()
+        del bare.file_meta
+        files.append(folder / f"{instance}.dcm")
+        bare.save_as(files[-1], implicit_vr=implicit, little_endian=True)
+    assert _compare(files, tmp_path) == 3
+
+
 def test_series_shortcut_holds_under_other_options(tmp_path):
     options = DeidOptions(retain_safe_private=True, retain_long_dates="full",
                           clean_descriptors=True)
@@ -74,9 +87,9 @@ def test_a_file_of_another_patient_goes_through_the_full_engine(tmp_path):
     datasets = [_slice(i) for i in range(1, 6)]
     datasets[3].PatientID = "MRN00000001"
     files = _write_series(tmp_path / "in", datasets)
-    # Slice 3 takes the shortcut; slice 4 (other patient) and then slice 5 (other patient than
-    # the template made from slice 4) go through the full engine.
-    assert _compare(files, tmp_path) == 1
+    # Slices 3 and 5 take the shortcut (slice 5 with the template made from slice 2); slice 4,
+    # of another patient, goes through the full engine.
+    assert _compare(files, tmp_path) == 2
 
 
 def test_text_naming_the_files_own_instance_uid_is_cleaned_as_alone(tmp_path):

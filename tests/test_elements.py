@@ -13,7 +13,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import ImplicitVRLittleEndian, JPEGLosslessSV1
 
 from bidsdeid.deid.synthetic import mr_image
-from bidsdeid.elements import ElementError, file_spans, meta_spans, transfer_syntax_is_implicit
+from bidsdeid.elements import ElementError, file_spans, layout
 
 
 def _encoded(ds: pydicom.Dataset) -> bytes:
@@ -41,8 +41,9 @@ def _with_undefined_lengths(implicit: bool, encapsulated: bool) -> pydicom.Datas
 def test_spans_cover_each_top_level_element_exactly(implicit, encapsulated):
     data = _encoded(_with_undefined_lengths(implicit, encapsulated))
     assert data.count(b"\xfe\xff\xdd\xe0") >= 2, "the file must hold undefined lengths"
-    assert transfer_syntax_is_implicit(data, meta_spans(data)) is implicit
-    meta, elements = file_spans(data, implicit)
+    found, elements = file_spans(data)
+    assert found.implicit is implicit
+    meta = found.meta
     reference = pydicom.dcmread(io.BytesIO(data))
     assert [s.tag for s in elements] == [int(e.tag) for e in reference]
     assert [s.tag for s in meta] == [int(e.tag) for e in reference.file_meta]
@@ -62,17 +63,41 @@ def test_spans_cover_each_top_level_element_exactly(implicit, encapsulated):
 def test_broken_encodings_raise_element_error(case):
     data, _ = bad_dicom_bytes()[case]
     with pytest.raises(ElementError):
-        file_spans(data, implicit=False)
+        file_spans(data)
 
 
-def test_a_file_without_preamble_is_not_followed():
+def _bare(ds: pydicom.Dataset, implicit: bool) -> bytes:
+    """The dataset alone: no preamble, no file meta (as older scanners wrote)."""
+    out = io.BytesIO()
+    bare = ds.copy()
+    del bare.file_meta
+    bare.save_as(out, implicit_vr=implicit, little_endian=True)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
+def test_a_bare_dataset_is_read_as_pydicom_reads_it(implicit):
+    data = _bare(mr_image(), implicit)
+    found, elements = file_spans(data)
+    assert (found.meta, found.start, found.implicit) == ([], 0, implicit)
+    reference = pydicom.dcmread(io.BytesIO(data), force=True)
+    assert [s.tag for s in elements] == [int(e.tag) for e in reference]
+
+
+def test_file_meta_without_the_preamble_is_found():
+    data = _encoded(mr_image())
+    found = layout(data[128 + 4:])
+    assert found.meta and found.meta[0].tag == 0x00020000 and found.implicit is False
+
+
+def test_other_leading_bytes_are_refused():
     data = _encoded(mr_image())
     with pytest.raises(ElementError):
-        file_spans(data[128:], implicit=False)
+        layout(data[128:])  # "DICM" first: neither file meta nor a dataset
 
 
 def test_a_stray_delimiter_at_top_level_is_refused():
     data = _encoded(mr_image())
     delimiter = struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
     with pytest.raises(ElementError):
-        file_spans(data + delimiter, implicit=False)
+        file_spans(data + delimiter)

@@ -6,7 +6,7 @@ meta, character set, SOP class, patient identity, private creators, set of tags)
 the template's output for every top-level element encoded identically, and only the elements
 that differ (instance UIDs, positions, pixels, ...) go through the engine. The result is byte
 for byte what the full engine writes for that file alone (``tests/test_deid_series.py``); a
-file that does not fit goes through the full engine and becomes the next template.
+file that fits no template goes through the full engine and becomes a template itself.
 """
 
 from __future__ import annotations
@@ -33,13 +33,7 @@ from bidsdeid.deid.apply import (
 )
 from bidsdeid.deid.identifiers import _BIRTH_DATE, _IDENTIFYING_TAGS, IdentifierSearch
 from bidsdeid.deid.options import DeidOptions
-from bidsdeid.elements import (
-    ElementError,
-    Span,
-    file_spans,
-    meta_spans,
-    transfer_syntax_is_implicit,
-)
+from bidsdeid.elements import ElementError, Span, file_spans
 
 _META_GROUP_LENGTH = 0x00020000
 _MEDIA_SOP_INSTANCE = 0x00020003
@@ -75,15 +69,24 @@ def _block_of(tag: int) -> tuple[int, int] | None:
     return tag >> 16, tag >> 8 & 0xFF
 
 
+# Templates kept per series: a series may mix encodings (files with and without preamble) or
+# shapes (the first slice without a reference to itself); a few cover them all.
+_MAX_TEMPLATES = 4
 _UID_SHAPE = re.compile(rb"[0-9]+(?:\.[0-9]+)+")
 
 
-def _instance_uid(element: bytes | None) -> bytes | None:
-    """The value of an encoded SOP Instance UID element, if it is a plain UID that occurs."""
-    if element is None:
-        return None
+def _instance_uid(element: bytes) -> bytes | None:
+    """The value of an encoded SOP Instance UID element, if it is a plain UID."""
     value = element[8:].rstrip(b"\x00 ")  # UI: an 8-byte header in either VR encoding
     return value if len(value) > 8 and _UID_SHAPE.fullmatch(value) else None
+
+
+def _only_as_itself(data: bytes, uid: bytes, meta: list[Span], sop_instance: bytes) -> bool:
+    """True if ``uid`` occurs in ``data`` only in the SOP Instance UID element and the file
+    meta's copy of it: then swapping it in the identifier search is exact."""
+    expected = sop_instance.count(uid) + sum(
+        data[s.start:s.end].count(uid) for s in meta if s.tag == _MEDIA_SOP_INSTANCE)
+    return data.count(uid) == expected
 
 
 def _ui_element(tag: int, value: bytes) -> bytes:
@@ -112,18 +115,18 @@ class _Template:
     @classmethod
     def of(cls, source: bytes, output: bytes, scrubber: _Scrubber) -> _Template | None:
         try:
-            implicit = transfer_syntax_is_implicit(source, meta_spans(source))
-            if implicit is None:
-                return None
-            meta_in, data_in = file_spans(source, implicit)
-            meta_out, data_out = file_spans(output, implicit)
+            layout_in, data_in = file_spans(source)
+            layout_out, data_out = file_spans(output)
         except ElementError:
             return None
+        implicit, meta_in, meta_out = layout_in.implicit, layout_in.meta, layout_out.meta
+        if layout_out.implicit != implicit:
+            return None
         elements_in = {s.tag: source[s.start:s.end] for s in data_in}
-        instance_uid = _instance_uid(elements_in.get(_SOP_INSTANCE))
-        # It must appear only as itself (here and in the file meta) for the swap to be exact.
-        if instance_uid is None or source.count(instance_uid) != 2 \
-                or instance_uid not in scrubber.search.uids:
+        sop_instance = elements_in.get(_SOP_INSTANCE, b"")
+        instance_uid = _instance_uid(sop_instance)
+        if instance_uid is None or instance_uid not in scrubber.search.uids \
+                or not _only_as_itself(source, instance_uid, meta_in, sop_instance):
             return None
         elements_out = {s.tag: output[s.start:s.end] for s in data_out}
         charset = next((source[s.start:s.end] for s in data_in if s.tag == _CHARACTER_SET), None)
@@ -156,9 +159,12 @@ class _Template:
     def scrub(self, data: bytes) -> tuple[bytes, ScrubStats] | None:
         """The de-identified file and its counts, or None if ``data`` does not fit."""
         try:
-            meta, elements = file_spans(data, self.implicit)
+            layout, elements = file_spans(data)
         except ElementError:
             return None
+        if layout.implicit != self.implicit:
+            return None
+        meta = layout.meta
         meta_in = {s.tag: data[s.start:s.end] for s in meta
                    if s.tag not in (_META_GROUP_LENGTH, _MEDIA_SOP_INSTANCE)}
         if meta_in != self.meta_in or len(elements) != len(self.elements_in):
@@ -172,11 +178,9 @@ class _Template:
                 if span.tag in _CONTEXT_TAGS or _is_creator(span.tag):
                     return None
                 differing.append(span)
-        instance_uid = None
-        for span in elements:
-            if span.tag == _SOP_INSTANCE:
-                instance_uid = _instance_uid(data[span.start:span.end])
-        if instance_uid is None or data.count(instance_uid) != 2:
+        sop_instance = next((data[s.start:s.end] for s in elements if s.tag == _SOP_INSTANCE), b"")
+        instance_uid = _instance_uid(sop_instance)
+        if instance_uid is None or not _only_as_itself(data, instance_uid, meta, sop_instance):
             return None
         out = dict(self.elements_out)
         stats = ScrubStats()
@@ -249,7 +253,7 @@ class SeriesScrubber:
 
     def __init__(self, ctx: ScrubContext, options: DeidOptions) -> None:
         self.ctx, self.options = ctx, options
-        self._template: _Template | None = None
+        self._templates: list[_Template] = []  # most recent first
         self.shortcut_files = 0
 
     def scrub_file(self, src: Path, dst: Path) -> ScrubStats:
@@ -257,13 +261,15 @@ class SeriesScrubber:
         if Path(dst).resolve() == Path(src).resolve():
             raise DeidError("output would overwrite the input")
         data = read_input(src)
-        result = self._template.scrub(data) if self._template is not None else None
+        result = next((r for t in self._templates if (r := t.scrub(data)) is not None), None)
         if result is not None:
             encoded, stats = result
             self.shortcut_files += 1
-        else:  # the full engine; its result becomes the template for the files that follow
+        else:  # the full engine; its result becomes a template for the files that follow
             encoded, scrubber = scrub_bytes(data, self.ctx, self.options, attribute=True)
             stats = scrubber.stats
-            self._template = _Template.of(data, encoded, scrubber)
+            template = _Template.of(data, encoded, scrubber)
+            if template is not None:
+                self._templates = [template, *self._templates[:_MAX_TEMPLATES - 1]]
         _replace_file(Path(dst), encoded)
         return stats

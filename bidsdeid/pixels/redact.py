@@ -14,10 +14,10 @@ or black margin blends in and no non-text pixel of a flat background changes.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pydicom
@@ -41,9 +41,6 @@ from .ocr import OcrError, OcrWord, read_lines
 
 Mode = Literal["all", "identifiers"]
 
-# Series that may carry burned-in text (issue 5): ultrasound, secondary capture, other.
-TEXT_MODALITIES = frozenset({"US", "SC", "OT"})
-TEXT_IMAGE_TYPES = frozenset({"SECONDARY", "SCREENSHOT"})
 MIN_WORD_CONFIDENCE = 50.0  # Tesseract confidence for a word on a textured background to count
 THUMBNAIL_SIZE = 256
 
@@ -62,19 +59,6 @@ class FramePlan:
     boxes: tuple[Box, ...]
     words: int
     stroke: np.ndarray  # glyph pixels found, so fills take the colour around them
-
-
-def needs_pixel_check(header: Mapping[str, Any], force: bool = False) -> bool:
-    """Whether a series may hold burned-in text and must go through pixel redaction."""
-    if force:
-        return True
-    if str(header.get("Modality", "")).upper() in TEXT_MODALITIES:
-        return True
-    if str(header.get("BurnedInAnnotation", "")).strip().upper() == "YES":
-        return True
-    image_type = header.get("ImageType", ())
-    values = image_type.split("\\") if isinstance(image_type, str) else list(image_type or ())
-    return any(str(v).strip().upper() in TEXT_IMAGE_TYPES for v in values)
 
 
 def _is_word(word: OcrWord) -> bool:
