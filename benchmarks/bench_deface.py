@@ -9,6 +9,7 @@ output is scored against the reference masks in benchmarks/reference_masks/ (mad
 registration of a labelled template, see README.md there):
   brain_kept  share of reference-brain voxels left unchanged       (target >= 0.999)
   face_gone   share of reference-face voxels zeroed                 (target >= 0.95)
+  ears_gone   share of reference outer-ear voxels zeroed            (no target in the issue)
   dice        skull-strip mask vs reference brain                   (target >= 0.95)
 Peers: quickshear (PyPI; needs a brain mask: given deepbet's when deepbet is installed, else
 ours) and deepbet (PyPI, ships weights; skull-stripping only).
@@ -116,6 +117,10 @@ def score(name: str, heads: Path, refs: Path, out: Path) -> dict[str, float]:
         defaced = np.asanyarray(nib.load(defaced_path).dataobj).reshape(original.shape)
         result["brain_kept"] = float((defaced[ref_brain] == original[ref_brain]).mean())
         result["face_gone"] = float((defaced[ref_face] == 0).mean())
+        ears_path = refs / f"{name}_ears.nii.gz"
+        if ears_path.exists():
+            ref_ears = np.asanyarray(nib.load(ears_path).dataobj) > 0
+            result["ears_gone"] = float((defaced[ref_ears] == 0).mean())
     mask_path = out / f"{name}_mask.nii.gz"
     if mask_path.exists():
         mask = np.asanyarray(nib.load(mask_path).dataobj).reshape(original.shape) > 0
@@ -145,7 +150,7 @@ def main() -> None:
         dirs = {"bidsdeid": "bidsdeid", "deepbet": "deepbet"}
         print(
             f"{'method':28s} {'volume':24s} {'wall_s':>7s} {'cpu_s':>6s} {'brain_kept':>10s} "
-            f"{'face_gone':>9s} {'dice':>6s}"
+            f"{'face_gone':>9s} {'ears_gone':>9s} {'dice':>6s}"
         )
         for method, run in runs.items():
             if run is None:
@@ -154,11 +159,12 @@ def main() -> None:
             for name in HEADS:
                 s = score(name, args.heads, args.refs, out)
                 cells = [
-                    f"{s[k]:.4f}" if k in s else "-" for k in ("brain_kept", "face_gone", "dice")
+                    f"{s[k]:.4f}" if k in s else "-"
+                    for k in ("brain_kept", "face_gone", "ears_gone", "dice")
                 ]
                 print(
                     f"{method:28s} {name:24s} {run['seconds'][name]:7.2f} {run['cpu'][name]:6.2f} "
-                    f"{cells[0]:>10s} {cells[1]:>9s} {cells[2]:>6s}"
+                    f"{cells[0]:>10s} {cells[1]:>9s} {cells[2]:>9s} {cells[3]:>6s}"
                 )
             print(f"{method:28s} startup {run['startup']:.1f} s, peak RSS {run['peak_mb']:.0f} MB")
 

@@ -49,3 +49,33 @@ def test_normalise_intensity_maps_the_99th_percentile_to_one():
     out = normalise_intensity(image)
     assert abs(torch.quantile(out[out > 0], 0.99).item() - 1.0) < 0.02
     assert out.max() <= 1.5
+
+
+def test_ear_region_is_lateral_head_tissue_away_from_the_brain():
+    from scipy import ndimage
+
+    from bidsdeid.deface.atlas import EAR_BRAIN_GAP_MM, EAR_MIN_ABS_X, ear_region
+
+    head = toy_head()
+    ears = ear_region(head.labels, head.affine)
+    assert ears.any(), "no ear voxels on a head that reaches the ear band"
+    ijk = np.array(np.nonzero(ears), float)
+    x = head.affine[0, 0] * ijk[0] + head.affine[0, 3]
+    assert (np.abs(x) >= EAR_MIN_ABS_X).all(), "ear voxels near the midline"
+    assert (head.labels[ears] >= FIRST_HEAD_LABEL).all(), "ear voxels outside head tissue"
+    brain = np.isin(head.labels, [WM, GM, CSF])
+    distance = ndimage.distance_transform_edt(~brain, sampling=2.0)
+    assert distance[ears].min() >= EAR_BRAIN_GAP_MM, "ear voxels too close to the brain"
+
+
+def test_realistic_contrasts_are_jittered_presets():
+    from bidsdeid.deface.synth import CONTRAST_PRESETS, label_means
+
+    rng = np.random.default_rng(3)
+    presets = np.array(list(CONTRAST_PRESETS.values()))
+    for _ in range(20):
+        means = label_means(rng, realistic_contrast=1.0).numpy()
+        assert np.abs(presets - means).max(axis=1).min() < 0.35, f"not near a preset: {means}"
+    free = np.array([label_means(rng, realistic_contrast=0.0).numpy() for _ in range(200)])
+    assert free[:, 0].max() <= 0.08, "air must stay dark"
+    assert free[:, 1:].std() > 0.25, "free contrasts must span the range"

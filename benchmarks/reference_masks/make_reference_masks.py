@@ -5,17 +5,20 @@ Run in an environment with antspyx (its numpy/scipy pins clash with bidsdeid's, 
 separate venv), with the pydeface and nilearn wheels installed (--no-deps, data only):
 
     python benchmarks/reference_masks/make_reference_masks.py ../shared/data/heads OUT_DIR \
-        /tmp/bidsdeid_deface_atlas/pydeface_mean_labels.nii.gz
+        /tmp/bidsdeid_deface_atlas/pydeface_mean_labels.nii.gz \
+        /tmp/bidsdeid_deface_atlas/pydeface_mean_face.nii.gz
 
-The last argument is the training atlas' label map of pydeface's head (written by
-``python -m bidsdeid.deface.train`` into its ``--atlas-cache``).
+The last arguments are the training atlas' label and face maps of pydeface's head (written by
+``python -m bidsdeid.deface.train`` into its ``--atlas-cache``); the ears are the part of the
+atlas face map that pydeface's own face mask leaves (``bidsdeid.deface.atlas.ear_region``).
 
 Steps:
 1. Template brain: the ICBM152-2009 brain (nilearn) as placed in pydeface's mean head by the
    training atlas (see template_brain for why not by ANTs).
 2. Each subject: pydeface's mean head is registered (affine + SyN, mutual information, so T2w
    and PD work too) onto the subject; the template brain and pydeface's face mask follow.
-3. Reference face = warped face region, inside the subject's head and field of view, not brain.
+3. Reference face = warped face region, inside the subject's head and field of view, not brain;
+   reference ears the same way.
 """
 
 from __future__ import annotations
@@ -64,13 +67,16 @@ def template_brain(atlas_labels: Path, pd_full: ants.ANTsImage) -> ants.ANTsImag
     return ants.resample_image_to_target(brain, pd_full, interp_type="linear")
 
 
-def main(heads_dir: Path, out_dir: Path, atlas_labels: Path) -> None:
+def main(heads_dir: Path, out_dir: Path, atlas_labels: Path, atlas_face: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     pd_full = ants.image_read(package_file("pydeface", "data/mean_reg2mean.nii.gz"))
     face = ants.image_read(package_file("pydeface", "data/facemask.nii.gz"))
     face = pd_full.new_image_like(1.0 - face.numpy())  # pydeface: 0 over the face
     pd_head = at_2mm(pd_full)
     brain_t = template_brain(atlas_labels, pd_full)
+    trained_face = ants.resample_image_to_target(ants.image_read(str(atlas_face)), pd_full,
+                                                 interp_type="nearestNeighbor")
+    ears = pd_full.new_image_like(((trained_face.numpy() > 0) & (face.numpy() < 0.5)) * 1.0)
     for name in SUBJECTS:
         subject = ants.image_read(str(heads_dir / f"{name}.nii.gz"))
         reg = ants.registration(fixed=at_2mm(subject), moving=pd_head, type_of_transform="SyN")
@@ -78,13 +84,16 @@ def main(heads_dir: Path, out_dir: Path, atlas_labels: Path) -> None:
         brain = ndimage.binary_fill_holes(brain)
         warped_face = ants.apply_transforms(subject, face, reg["fwdtransforms"]).numpy() > 0.5
         ref_face = warped_face & head_mask(subject) & ~brain
-        for kind, mask in (("brain", brain), ("face", ref_face)):
+        warped_ears = ants.apply_transforms(subject, ears, reg["fwdtransforms"]).numpy() > 0.5
+        ref_ears = warped_ears & head_mask(subject) & ~brain
+        for kind, mask in (("brain", brain), ("face", ref_face), ("ears", ref_ears)):
             img = subject.new_image_like(mask.astype(np.float32))
             ants.image_write(img.astype("uint8"), str(out_dir / f"{name}_{kind}.nii.gz"))
         print(
-            name, "brain voxels", int(brain.sum()), "face voxels", int(ref_face.sum()), flush=True
+            name, "brain voxels", int(brain.sum()), "face voxels", int(ref_face.sum()),
+            "ear voxels", int(ref_ears.sum()), flush=True,
         )
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))

@@ -8,9 +8,10 @@ Sources (all shipped inside PyPI wheels or the repo's shared test data, nothing 
 - optional second head: the FSL MNI152 T1 2 mm head (niivue demo copy, BSD-2), given by path.
 
 Each head gets a label map: 0 air, 1 white matter, 2 grey matter, 3 intracranial CSF, 4-7
-non-brain head tissue (intensity quartiles of scalp, skull, muscle, fat ...), and a face map.
-Brain labels come from the ICBM brain, carried onto each head by affine registration (brain
-region only); the face map from the pydeface face mask, carried the same way.
+non-brain head tissue (intensity quartiles of scalp, skull, muscle, fat ...), and a face map
+(the voxels defacing removes). Brain labels come from the ICBM brain, carried onto each head by
+affine registration (brain region only); the face map from the pydeface face mask, carried the
+same way, plus the outer ears (``ear_region``), which pydeface's mask leaves.
 """
 
 from __future__ import annotations
@@ -76,6 +77,25 @@ def _warp(volume: np.ndarray, affine: np.ndarray, shape, target_affine, to_sourc
     return sample_at_world(v, affine, src_world, mode=mode)[0].numpy()
 
 
+# The outer ears, in the template's (MNI-aligned) world space, in mm: head tissue lateral to
+# the skull at ear height, at least EAR_BRAIN_GAP_MM from the brain. Drawn on pydeface's mean
+# head and checked on its axial and coronal slices; it also takes a strip of scalp above the
+# pinna, which is harmless to remove.
+EAR_MIN_ABS_X, EAR_Y_RANGE, EAR_Z_RANGE, EAR_BRAIN_GAP_MM = 55.0, (-50.0, 10.0), (-55.0, -5.0), 10.0
+
+
+def ear_region(labels: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Voxels of the outer ears (and the scalp just above them) of an MNI-aligned head."""
+    ijk = np.indices(labels.shape, dtype=np.float32).reshape(3, -1)
+    x, y, z = (affine[:3, :3] @ ijk + affine[:3, 3:4]).reshape(3, *labels.shape)
+    brain = (labels >= WM) & (labels <= CSF)
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    far = ndimage.distance_transform_edt(~brain, sampling=zooms) >= EAR_BRAIN_GAP_MM
+    return ((labels >= FIRST_HEAD_LABEL) & far & (np.abs(x) >= EAR_MIN_ABS_X)
+            & (y >= EAR_Y_RANGE[0]) & (y <= EAR_Y_RANGE[1])
+            & (z >= EAR_Z_RANGE[0]) & (z <= EAR_Z_RANGE[1]))
+
+
 def build_head(
     name: str,
     head_path: Path,
@@ -115,6 +135,7 @@ def build_head(
         # Outside the face mask's own box the warp returns 0: only trust where it was defined.
         inside = _warp(np.ones_like(face[0]), face[1], intensity.shape, affine, face_to_head) > 0.5
         face_map &= inside
+    face_map |= ear_region(labels, affine)
     return AtlasHead(name, intensity, labels, face_map & ~brain, affine)
 
 

@@ -68,7 +68,32 @@ def _smooth_field(shape, points: int, std: float, rng: np.random.Generator, chan
     return F.interpolate(coarse, size=shape, mode="trilinear", align_corners=True)[0]
 
 
-def synthesise(head: TorchHead, rng: np.random.Generator) -> Sample:
+# Typical label means (air, WM, GM, CSF, head classes from darkest to brightest: skull and
+# outer CSF, muscle, soft tissue, fat/marrow) for the usual anatomical contrasts. Independent
+# random means rarely make the CSF inside the brain mask as dark as the skull, as it is on
+# T1w/FLAIR, so without these the network learns to find the brain edge by contrast alone and
+# stops at the grey matter on real heads instead of at the inner skull.
+CONTRAST_PRESETS = {
+    "T1w": (0.02, 0.80, 0.55, 0.15, 0.12, 0.35, 0.60, 0.90),
+    "T2w": (0.02, 0.35, 0.50, 0.95, 0.08, 0.30, 0.50, 0.75),
+    "PD": (0.02, 0.60, 0.75, 0.85, 0.10, 0.45, 0.65, 0.80),
+    "FLAIR": (0.02, 0.50, 0.65, 0.10, 0.08, 0.35, 0.55, 0.80),
+}
+
+
+def label_means(rng: np.random.Generator, realistic_contrast: float) -> torch.Tensor:
+    """Mean intensity per label: a jittered preset with probability ``realistic_contrast``,
+    else independent uniform values (any contrast)."""
+    if realistic_contrast > 0 and rng.random() < realistic_contrast:
+        preset = list(CONTRAST_PRESETS.values())[rng.integers(len(CONTRAST_PRESETS))]
+        means = np.clip(np.array(preset) + rng.normal(0, 0.07, N_LABELS), 0, 1)
+    else:
+        means = rng.uniform(0, 1, N_LABELS)
+        means[0] = rng.uniform(0, 0.08)
+    return torch.as_tensor(means, dtype=torch.float32)
+
+
+def synthesise(head: TorchHead, rng: np.random.Generator, realistic_contrast: float = 0.0) -> Sample:
     """One random training pair: a whole-head coarse grid or a brain-centred finer one."""
     coarse = rng.random() < 0.5
     size = 56 if coarse else 48
@@ -96,9 +121,8 @@ def synthesise(head: TorchHead, rng: np.random.Generator) -> Sample:
     if rng.random() < 0.5:  # left-right flip: heads are near symmetric, the grid is not
         labels, face, known = labels.flip(0), face.flip(0), known.flip(0)
 
-    means = torch.as_tensor(rng.uniform(0, 1, N_LABELS), dtype=torch.float32)
+    means = label_means(rng, realistic_contrast)
     stds = torch.as_tensor(rng.uniform(0, 0.08, N_LABELS), dtype=torch.float32)
-    means[0] = rng.uniform(0, 0.08)
     image = means[labels] + stds[labels] * torch.randn(labels.shape)
     sigma = rng.uniform(0.0, 1.2)
     if sigma > 0.3:

@@ -83,11 +83,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    ap.add_argument(
+        "--realistic-contrast",
+        type=float,
+        default=0.0,
+        help="share of samples drawn with a typical T1w/T2w/PD/FLAIR contrast",
+    )
+    ap.add_argument("--init", type=Path, default=None, help="start from these weights")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     heads = [to_torch_head(h) for h in load_or_build_atlas(args.atlas_cache, args.mni152_head)]
     model = UNet3D()
+    if args.init is not None:
+        model.load_state_dict(torch.load(args.init, weights_only=True)["state_dict"])
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     ckpt = args.out.with_suffix(".ckpt")
     step, elapsed = 0, 0.0
@@ -104,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         frac = step / args.steps if args.steps else (time.monotonic() - start) / budget
         for group in opt.param_groups:  # cosine decay over the time budget
             group["lr"] = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-        sample = synthesise(heads[step % len(heads)], rng)
+        sample = synthesise(heads[step % len(heads)], rng, args.realistic_contrast)
         loss = loss_fn(model(sample.image[None]), sample)
         opt.zero_grad()
         loss.backward()
