@@ -257,7 +257,7 @@ def _plain_text(value: bytes) -> str | None:
     return text.decode("ascii").strip()
 
 
-def _spans_record(path: Path, data: bytes, size: int) -> FileRecord | None:
+def _spans_record(data: bytes, size: int) -> FileRecord | None:
     """The record of a plain little-endian image file, read by byte spans without pydicom.
 
     None whenever pydicom must decide (another encoding, odd values, no pixel data, a header
@@ -303,7 +303,7 @@ def _read_spans_record(path: Path) -> FileRecord | None:
     with path.open("rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         data = fh.read(_FIRST_READ)
-    return _spans_record(path, data, size)
+    return _spans_record(data, size)
 
 
 def classify(path: Path) -> tuple[FileRecord, Dataset | None]:

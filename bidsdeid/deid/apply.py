@@ -394,11 +394,15 @@ def scrub_file(src: Path, dst: Path, ctx: ScrubContext, options: DeidOptions) ->
 
     Pixel data bytes are written back untouched. Raises DeidError for unreadable input.
     """
-    if Path(dst).resolve() == Path(src).resolve():
-        raise DeidError("output would overwrite the input")
+    check_not_input(src, dst)
     encoded, scrubber = scrub_bytes(read_input(src), ctx, options)
     _replace_file(Path(dst), encoded)
     return scrubber.stats
+
+
+def check_not_input(src: Path, dst: Path) -> None:
+    if Path(dst).resolve() == Path(src).resolve():
+        raise DeidError("output would overwrite the input")
 
 
 def read_input(src: Path) -> bytes:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +22,11 @@ from pydicom.filereader import read_dataset
 
 from bidsdeid.deid import writer
 from bidsdeid.deid.apply import (
-    DeidError,
     ScrubContext,
     ScrubStats,
     _replace_file,
     _Scrubber,
+    check_not_input,
     read_input,
     scrub_bytes,
 )
@@ -87,13 +86,6 @@ def _only_as_itself(data: bytes, uid: bytes, meta: list[Span], sop_instance: byt
     expected = sop_instance.count(uid) + sum(
         data[s.start:s.end].count(uid) for s in meta if s.tag == _MEDIA_SOP_INSTANCE)
     return data.count(uid) == expected
-
-
-def _ui_element(tag: int, value: bytes) -> bytes:
-    """An explicit VR little endian UI element, padded as the writer pads it."""
-    if len(value) % 2:
-        value += b"\x00"
-    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, b"UI", len(value)) + value
 
 
 @dataclass
@@ -170,15 +162,18 @@ class _Template:
         if meta_in != self.meta_in or len(elements) != len(self.elements_in):
             return None
         differing: list[Span] = []
+        sop_instance = b""
         for span in elements:
             template = self.elements_in.get(span.tag)
             if template is None:
                 return None
-            if template != data[span.start:span.end]:
+            encoded = data[span.start:span.end]
+            if span.tag == _SOP_INSTANCE:
+                sop_instance = encoded
+            if template != encoded:
                 if span.tag in _CONTEXT_TAGS or _is_creator(span.tag):
                     return None
                 differing.append(span)
-        sop_instance = next((data[s.start:s.end] for s in elements if s.tag == _SOP_INSTANCE), b"")
         instance_uid = _instance_uid(sop_instance)
         if instance_uid is None or not _only_as_itself(data, instance_uid, meta, sop_instance):
             return None
@@ -197,11 +192,9 @@ class _Template:
             return None
         meta_out = dict(self.meta_out)
         # A UI element has an 8-byte header in both implicit and explicit VR.
-        meta_out[_MEDIA_SOP_INSTANCE] = _ui_element(
-            _MEDIA_SOP_INSTANCE, sop_instance[8:].rstrip(b"\x00 "))
-        body = b"".join(meta_out[t] for t in sorted(meta_out))
-        parts = [writer.PREAMBLE,
-                 struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body)), body]
+        meta_out[_MEDIA_SOP_INSTANCE] = writer.encode_meta_element(
+            _MEDIA_SOP_INSTANCE, "UI", sop_instance[8:].rstrip(b"\x00 ").decode("ascii"))
+        parts = [writer.PREAMBLE, writer.file_meta_group([meta_out[t] for t in sorted(meta_out)])]
         parts.extend(out[t] for t in sorted(out))
         return b"".join(parts), stats
 
@@ -258,8 +251,7 @@ class SeriesScrubber:
 
     def scrub_file(self, src: Path, dst: Path) -> ScrubStats:
         """Like ``apply.scrub_file``: read ``src``, write the de-identified ``dst`` atomically."""
-        if Path(dst).resolve() == Path(src).resolve():
-            raise DeidError("output would overwrite the input")
+        check_not_input(src, dst)
         data = read_input(src)
         result = next((r for t in self._templates if (r := t.scrub(data)) is not None), None)
         if result is not None:

@@ -97,9 +97,19 @@ def complete_file_meta(ds: pydicom.Dataset) -> None:
 
 def _file_meta_bytes(meta: pydicom.Dataset) -> bytes:
     """Group 0002, always explicit VR little endian, with its group length (PS3.10 7.1)."""
-    body = b"".join(_encode_element(meta.get_item(tag), False, True, None)
-                    for tag in sorted(meta.keys()) if tag != _META_GROUP_LENGTH)
+    return file_meta_group([_encode_element(meta.get_item(tag), False, True, None)
+                            for tag in sorted(meta.keys()) if tag != _META_GROUP_LENGTH])
+
+
+def file_meta_group(elements: list[bytes]) -> bytes:
+    """Encoded file meta elements (sorted, group length excluded) behind their group length."""
+    body = b"".join(elements)
     return struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body)) + body
+
+
+def encode_meta_element(tag: int, vr: str, value: str) -> bytes:
+    """One file meta element (explicit VR little endian), encoded as the writer encodes it."""
+    return _encode_element(DataElement(tag, vr, value), False, True, None)
 
 
 def snapshot(ds: pydicom.Dataset) -> dict[int, RawDataElement]:
