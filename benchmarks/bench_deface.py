@@ -12,7 +12,9 @@ registration of a labelled template, see README.md there):
   ears_gone   share of reference outer-ear voxels zeroed            (no target in the issue)
   dice        skull-strip mask vs reference brain                   (target >= 0.95)
 Peers: quickshear (PyPI; needs a brain mask: given deepbet's when deepbet is installed, else
-ours) and deepbet (PyPI, ships weights; skull-stripping only).
+ours) and deepbet (PyPI, ships weights; skull-stripping only). ``bidsdeid-template`` is our
+registration fallback (``--deface-method template``): its template and labels are the ones the
+reference masks were warped from, so its scores against them are optimistic.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 HEADS = ["chris_t1", "chris_PD", "register_T1_head_ext2", "register_T2w"]
 
 
-def run_bidsdeid(src: Path, out: Path) -> None:
+def run_bidsdeid(src: Path, out: Path, method: str = "cnn") -> None:
     from bidsdeid.deface import deface_file
 
     deface_file(
@@ -41,7 +43,8 @@ def run_bidsdeid(src: Path, out: Path) -> None:
         out / f"{src.name.split('.')[0]}_defaced.nii.gz",
         brain_mask=out / f"{src.name.split('.')[0]}_mask.nii.gz",
         qc=False,
-        model=_MODEL["bidsdeid"],
+        model=_MODEL.get("bidsdeid"),
+        method=method,
     )
 
 
@@ -66,6 +69,8 @@ def worker(method: str, heads: Path, out: Path, mask_dir: Path | None) -> None:
         from bidsdeid.deface import load_model
 
         _MODEL["bidsdeid"] = load_model()
+    elif method == "bidsdeid-template":
+        import bidsdeid.deface.template  # noqa: F401
     elif method == "deepbet":
         from deepbet import BrainExtraction
 
@@ -89,6 +94,8 @@ def worker(method: str, heads: Path, out: Path, mask_dir: Path | None) -> None:
 def _run(method: str, src: Path, out: Path, mask_dir: Path | None) -> None:
     if method == "bidsdeid":
         run_bidsdeid(src, out)
+    elif method == "bidsdeid-template":
+        run_bidsdeid(src, out, method="template")
     elif method == "deepbet":
         run_deepbet(src, out)
     else:
@@ -142,12 +149,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         runs = {"bidsdeid": spawn("bidsdeid", args.heads, tmp / "bidsdeid", None)}
+        runs["bidsdeid-template"] = spawn(
+            "bidsdeid-template", args.heads, tmp / "bidsdeid-template", None
+        )
         runs["deepbet"] = spawn("deepbet", args.heads, tmp / "deepbet", None)
         mask_source = "deepbet" if runs["deepbet"] else "bidsdeid"
         runs[f"quickshear(+{mask_source} mask)"] = spawn(
             "quickshear", args.heads, tmp / "quickshear", tmp / mask_source
         )
-        dirs = {"bidsdeid": "bidsdeid", "deepbet": "deepbet"}
+        dirs = {m: m for m in ("bidsdeid", "bidsdeid-template", "deepbet")}
         print(
             f"{'method':28s} {'volume':24s} {'wall_s':>7s} {'cpu_s':>6s} {'brain_kept':>10s} "
             f"{'face_gone':>9s} {'ears_gone':>9s} {'dice':>6s}"

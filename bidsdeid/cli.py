@@ -84,6 +84,9 @@ def run(
         "--deface/--no-deface", help="Deface anatomical images (default on).")] = None,
     skull_strip: Annotated[str | None, typer.Option(
         help="off, mask, brain or both: brain mask / brain image into derivatives/.")] = None,
+    deface_method: Annotated[str | None, typer.Option(
+        help="cnn (default, about 1-2 s a volume) or template (registration of a labelled "
+             "template head, about a minute).")] = None,
     redact: Annotated[str | None, typer.Option(
         help="Burned-in text: all (default), identifiers, or off.")] = None,
     wsi_bids: Annotated[bool | None, typer.Option(
@@ -108,7 +111,8 @@ def run(
             "label_mapping": label_mapping, "slide_mapping": slide_mapping, "work_dir": work_dir, "keep_work": keep_work,
             "private_dir": private_dir, "n_procs": n_procs, "mem_gb": mem_gb, "dry_run": dry_run,
             "list_participants": list_participants, "follow_symlinks": follow_symlinks,
-            "deface": deface, "skull_strip": skull_strip, "redact": redact,
+            "deface": deface, "skull_strip": skull_strip, "deface_method": deface_method,
+            "redact": redact,
             "ocr_all_series": ocr_all_series, "wsi_bids": wsi_bids, "verify": verify, "show_values": show_values,
             "verbose": verbose or None, "deid": parse_key_values(deid or []),
         }

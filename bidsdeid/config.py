@@ -13,6 +13,7 @@ from bidsdeid.deid.options import DeidOptions
 
 AnalysisLevel = Literal["participant", "group"]
 SkullStrip = Literal["off", "mask", "brain", "both"]
+DefaceMethod = Literal["cnn", "template"]
 RedactMode = Literal["all", "identifiers", "off"]
 
 
@@ -45,6 +46,7 @@ class RunConfig:
     follow_symlinks: bool = False
     deface: bool = True
     skull_strip: SkullStrip = "off"
+    deface_method: DefaceMethod = "cnn"
     redact: RedactMode = "all"
     ocr_all_series: bool = False
     verify: bool = False
@@ -58,6 +60,7 @@ _PATH_FIELDS = {"input_dir", "output_dir", "label_mapping", "slide_mapping", "wo
 _CHOICES = {
     "analysis_level": ("participant", "group"),
     "skull_strip": ("off", "mask", "brain", "both"),
+    "deface_method": ("cnn", "template"),
     "redact": ("all", "identifiers", "off"),
 }
 

@@ -123,6 +123,7 @@ class SeriesJob:
     ocr_all_series: bool
     deface: bool
     skull_strip: str
+    deface_method: str
 
 
 @dataclass
@@ -235,7 +236,8 @@ def _deface(job: SeriesJob, item: ProducedFile, out_dir: Path) -> None:
     mask = out_dir / f"mask_{item.nifti.name}" if job.skull_strip in ("mask", "both") else None
     brain = out_dir / f"brain_{item.nifti.name}" if job.skull_strip in ("brain", "both") else None
     try:
-        result = deface_file(item.nifti, defaced, brain_mask=mask, brain_extracted=brain, qc=True)
+        result = deface_file(item.nifti, defaced, brain_mask=mask, brain_extracted=brain, qc=True,
+                             method=job.deface_method)
     except DefaceError as exc:  # a face must never be released: the series is excluded
         raise _StageError(f"defacing failed: {_reason(exc, job)}") from exc
     item.nifti, item.brain_mask, item.brain_image = defaced, mask, brain
@@ -537,7 +539,8 @@ def run_subject(cfg: RunConfig, subject: Subject, private: PrivateDir, work_root
                 continue
             jobs.append((session, SeriesJob(
                 index, series, subject.label, session.label, scrub, cfg.deid, work_dir,
-                cfg.redact, cfg.ocr_all_series, cfg.deface, cfg.skull_strip)))
+                cfg.redact, cfg.ocr_all_series, cfg.deface, cfg.skull_strip,
+                cfg.deface_method)))
     outcomes: dict[int, SeriesOutcome] = {}
 
     def done(outcome: SeriesOutcome) -> None:
@@ -558,7 +561,8 @@ def run_subject(cfg: RunConfig, subject: Subject, private: PrivateDir, work_root
         audit.add_failure(private, failure)
     bids.upsert_participant(cfg.output_dir, private.lock_dir, participant_row(subject, cfg.deid))
     audit_options = {"deid": cfg.deid.describe(), "heuristic": Path(cfg.heuristic).name,
-                     "deface": cfg.deface, "skull_strip": cfg.skull_strip, "redact": cfg.redact}
+                     "deface": cfg.deface, "skull_strip": cfg.skull_strip,
+                     "deface_method": cfg.deface_method, "redact": cfg.redact}
     write_subject_audit(cfg.output_dir, audit, audit_options, versions)
     summary.files_written = audit.files_out
     if not cfg.keep_work:

@@ -16,7 +16,7 @@ def base(**extra):
 
 def test_defaults_suit_an_openneuro_release():
     cfg = build_config(base())
-    assert cfg.deface and cfg.redact == "all" and cfg.n_procs == len(os.sched_getaffinity(0))
+    assert cfg.deface and cfg.deface_method == "cnn" and cfg.redact == "all" and cfg.n_procs == len(os.sched_getaffinity(0))
     assert cfg.deid.retain_long_dates == "modified" and not cfg.deid.retain_uids
 
 
@@ -45,6 +45,7 @@ def test_cli_deid_pairs_override_the_toml_table(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("n_porcs = 2\n", "unknown option"),
     ("redact = 'some'\n", "redact must be one of"),
+    ("deface_method = 'pydeface'\n", "deface_method must be one of"),
     ("[deid]\nretain_everything = true\n", "unknown de-identification option"),
     ("n_procs = \n", "invalid TOML"),
 ])

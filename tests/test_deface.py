@@ -19,6 +19,14 @@ from tests.conftest import shared_path
 SMALL_HEAD = ("heads", "register_T1_head_ext2.nii.gz")  # 1.6 mm, 104 x 150 x 133, with neck
 REFERENCE = Path(__file__).resolve().parents[1] / "benchmarks" / "reference_masks"
 EARS_GONE_MIN = 0.5
+# Debian's mricron-data (installed by scripts/setup.sh): a real head for a fresh clone. It is a
+# training head of the network, so tests on it check the code path, not generalisation.
+COLIN_HEAD = Path("/usr/share/mricron/templates/ch2.nii.gz")
+
+
+def world_centre(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """World (mm) centre of a mask's voxels."""
+    return nib.affines.apply_affine(affine, np.argwhere(mask).mean(0))
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +129,7 @@ def test_zeroed_region_lies_in_front_of_and_below_the_brain(defaced_small_head):
     after = np.asanyarray(nib.load(out / "defaced.nii.gz").dataobj)
     zeroed = (np.asanyarray(img.dataobj) != 0) & (after == 0)
     brain = np.asanyarray(nib.load(out / "mask.nii.gz").dataobj) > 0
-    centre = lambda m: nib.affines.apply_affine(img.affine, np.argwhere(m).mean(0))
-    face_c, brain_c = centre(zeroed), centre(brain)
+    face_c, brain_c = world_centre(zeroed, img.affine), world_centre(brain, img.affine)
     assert face_c[1] > brain_c[1] + 30, f"zeroed voxels not anterior: {face_c} vs {brain_c}"
     assert face_c[2] < brain_c[2], f"zeroed voxels not inferior: {face_c} vs {brain_c}"
 
@@ -201,3 +208,50 @@ def test_scaled_integer_input_keeps_its_scaling_and_zeroes_to_zero(tmp_path, mod
     changed = before.get_fdata() != after.get_fdata()
     assert changed.sum() > 10_000
     assert np.all(after.get_fdata()[changed] == 0), "zeroed voxels must read back as 0"
+
+
+def test_template_fallback_keeps_the_brain_and_removes_the_face(tmp_path):
+    """The registration fallback (no CNN) on the small head. Its template is the one the
+    reference masks were made from, so these figures flatter it; they guard regressions."""
+    src = shared_path(*SMALL_HEAD)
+    name = SMALL_HEAD[1].split(".")[0]
+    deface_file(src, tmp_path / "d.nii.gz", brain_mask=tmp_path / "m.nii.gz", qc=False,
+                method="template")
+    ref_brain = np.asanyarray(nib.load(REFERENCE / f"{name}_brain.nii.gz").dataobj) > 0
+    ref_face = np.asanyarray(nib.load(REFERENCE / f"{name}_face.nii.gz").dataobj) > 0
+    before = np.asanyarray(nib.load(src).dataobj)
+    after = np.asanyarray(nib.load(tmp_path / "d.nii.gz").dataobj)
+    brain_kept = (after[ref_brain] == before[ref_brain]).mean()
+    face_gone = (after[ref_face] == 0).mean()
+    assert brain_kept >= 0.999, f"only {brain_kept:.4f} of the reference brain kept"
+    assert face_gone >= 0.9, f"only {face_gone:.4f} of the reference face zeroed"
+
+
+def test_unknown_defacing_method_is_refused(tmp_path):
+    src = tmp_path / "t1.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((16, 16, 16), np.int16), np.eye(4)), src)
+    with pytest.raises(ValueError, match="unknown defacing method"):
+        deface_file(src, tmp_path / "out.nii.gz", method="pydeface")
+
+
+def test_defaces_a_real_head_without_the_shared_data(tmp_path, model):
+    """Colin 27 at 2 mm (from Debian's mricron-data): the face goes, the brain stays."""
+    if not COLIN_HEAD.exists():
+        pytest.skip(f"{COLIN_HEAD} not installed (apt-get install mricron-data)")
+    img = nib.load(COLIN_HEAD)
+    data = np.asanyarray(img.dataobj).astype(np.int16)[::2, ::2, ::2]
+    src = tmp_path / "colin_2mm.nii.gz"
+    nib.save(nib.Nifti1Image(data, img.affine @ np.diag([2.0, 2.0, 2.0, 1.0])), src)
+    deface_file(src, tmp_path / "d.nii.gz", brain_mask=tmp_path / "m.nii.gz", qc=False,
+                model=model)
+    small = nib.load(src)
+    after = np.asanyarray(nib.load(tmp_path / "d.nii.gz").dataobj)
+    brain = np.asanyarray(nib.load(tmp_path / "m.nii.gz").dataobj) > 0
+    zeroed = (data != 0) & (after == 0)
+    litres = brain.sum() * 8 / 1e6
+    assert 1.4 < litres < 2.1, f"brain mask of {litres:.2f} L is not an adult brain"
+    assert zeroed.sum() * 8 > 100_000, f"only {zeroed.sum() * 8} mm3 zeroed"
+    face_c, brain_c = world_centre(zeroed, small.affine), world_centre(brain, small.affine)
+    assert face_c[1] > brain_c[1] + 30 and face_c[2] < brain_c[2], (
+        f"zeroed voxels centre {face_c} is not in front of and below the brain {brain_c}"
+    )

@@ -96,6 +96,16 @@ def _zero_value(img: nib.Nifti1Image, dtype: np.dtype) -> np.ndarray:
     return np.asarray(value, dtype)
 
 
+def _masks(method: str, model: torch.nn.Module | None, data: np.ndarray, affine: np.ndarray):
+    if method == "cnn":
+        return predict_masks(model or load_model(), data, affine)
+    if method == "template":
+        from bidsdeid.deface.template import load_template, template_masks
+
+        return template_masks(load_template(), data, affine)
+    raise ValueError(f"unknown defacing method {method!r}")
+
+
 def _gz(path: Path) -> bool:
     return path.name.endswith(".gz")
 
@@ -107,18 +117,21 @@ def deface_file(
     brain_extracted: Path | None = None,
     qc: bool = True,
     model: torch.nn.Module | None = None,
+    method: str = "cnn",
 ) -> DefaceResult:
     """Zero the face of ``src`` into ``dst``; optionally write the brain mask / brain image.
 
-    Outputs keep the input's header, affine and dtype and are written atomically. The brain
-    and a 6 mm shell around it are never zeroed.
+    ``method`` is ``cnn`` (the network, ``model`` or the shipped one) or ``template`` (the
+    registration fallback, ``bidsdeid.deface.template``). Outputs keep the input's header,
+    affine and dtype and are written atomically. The brain and a 6 mm shell around it are
+    never zeroed.
     """
     start = time.perf_counter()
     src, dst = Path(src), Path(dst)
     img = load_volume(src)
     data = img.get_fdata(dtype=np.float32).reshape(img.shape[:3])
     try:
-        masks: NativeMasks = predict_masks(model or load_model(), data, img.affine)
+        masks: NativeMasks = _masks(method, model, data, img.affine)
     except DefaceError as exc:
         raise DefaceError(f"{src.name}: {exc}") from None
     raw = raw_voxels(img)

@@ -5,13 +5,20 @@ Sources (all shipped inside PyPI wheels or the repo's shared test data, nothing 
   ``data/facemask.nii.gz`` (0 over the face, 1 elsewhere).
 - ``nilearn`` wheel (BSD-3): ICBM152 2009a symmetric brain (``mni_icbm152_t1..``, brain-only)
   with grey- and white-matter probability maps, 1 mm.
-- optional second head: the FSL MNI152 T1 2 mm head (niivue demo copy, BSD-2), given by path.
+- Debian ``mricron-data`` (BSD-3; the MNI's Colin 27 head, free to use and redistribute):
+  ``/usr/share/mricron/templates/ch2.nii.gz``, one real adult head (27 averaged 1 mm T1 scans)
+  with sharp cortex, skull, face and ears: the anatomy of a real subject, which the blurred
+  mean head lacks.
+- optional extra head: the FSL MNI152 T1 2 mm head (niivue demo copy, BSD-2), given by path.
 
 Each head gets a label map: 0 air, 1 white matter, 2 grey matter, 3 intracranial CSF, 4-7
 non-brain head tissue (intensity quartiles of scalp, skull, muscle, fat ...), and a face map
-(the voxels defacing removes). Brain labels come from the ICBM brain, carried onto each head by
-affine registration (brain region only); the face map from the pydeface face mask, carried the
-same way, plus the outer ears (``ear_region``), which pydeface's mask leaves.
+(the voxels defacing removes). The brain (the ICBM brain mask: brain and the CSF up to the
+inner skull) is carried onto each head by an affine fit over the brain region; on the sharp
+Colin head it is then refined by a smooth deformable fit (``register_deformable``), and its
+tissue classes come from the head's own intensities, so sulci are the subject's. The face map
+comes from the pydeface face mask, carried by a whole-head affine fit, plus the outer ears
+(``ear_region``), which pydeface's mask leaves.
 """
 
 from __future__ import annotations
@@ -25,12 +32,19 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from bidsdeid.deface.register import grid_world_coords, register_affine, sample_at_world
+from bidsdeid.deface.register import (
+    Warp,
+    grid_world_coords,
+    register_affine,
+    register_deformable,
+    sample_at_world,
+)
 
 AIR, WM, GM, CSF = 0, 1, 2, 3
 FIRST_HEAD_LABEL = 4
 HEAD_CLASSES = 4
 N_LABELS = FIRST_HEAD_LABEL + HEAD_CLASSES
+COLIN_HEAD = Path("/usr/share/mricron/templates/ch2.nii.gz")  # Debian package mricron-data
 
 
 @dataclass(frozen=True)
@@ -69,10 +83,17 @@ def head_mask(intensity: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _warp(volume: np.ndarray, affine: np.ndarray, shape, target_affine, to_source, mode="bilinear"):
+def _warp(
+    volume: np.ndarray, affine: np.ndarray, shape, target_affine, to_source, mode="bilinear"
+):
+    """``volume`` resampled onto a target grid; ``to_source`` maps target world to source
+    world (a 4x4 matrix or a ``Warp``)."""
     world = grid_world_coords(shape, target_affine)
-    t = torch.as_tensor(to_source, dtype=torch.float32)
-    src_world = world @ t[:3, :3].T + t[:3, 3]
+    if isinstance(to_source, Warp):
+        src_world = to_source(world)
+    else:
+        t = torch.as_tensor(to_source, dtype=torch.float32)
+        src_world = world @ t[:3, :3].T + t[:3, 3]
     v = torch.as_tensor(np.asarray(volume, np.float32))[None]
     return sample_at_world(v, affine, src_world, mode=mode)[0].numpy()
 
@@ -96,14 +117,32 @@ def ear_region(labels: np.ndarray, affine: np.ndarray) -> np.ndarray:
             & (z >= EAR_Z_RANGE[0]) & (z <= EAR_Z_RANGE[1]))
 
 
+def tissue_by_intensity(intensity: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """WM/GM/CSF labels inside ``brain`` by 1D k-means on a T1 head's own intensities."""
+    values = intensity[brain]
+    centres = np.percentile(values, [10, 50, 90]).astype(np.float64)
+    for _ in range(30):
+        nearest = np.abs(values[:, None] - centres[None]).argmin(1)
+        centres = np.array([values[nearest == k].mean() for k in range(3)])
+    edges = (centres[:-1] + centres[1:]) / 2  # CSF < GM < WM on T1
+    out = np.zeros(intensity.shape, np.uint8)
+    out[brain] = np.array([CSF, GM, WM], np.uint8)[np.searchsorted(edges, values)]
+    return out
+
+
 def build_head(
     name: str,
     head_path: Path,
     icbm: dict[str, tuple[np.ndarray, np.ndarray]],
     face: tuple[np.ndarray, np.ndarray] | None,
     face_to_head: np.ndarray | None,
+    sharp: bool = False,
 ) -> AtlasHead:
-    """Labels for one head: ICBM brain tissue registered in, head tissue by intensity."""
+    """Labels for one head: ICBM brain registered in, head tissue by intensity.
+
+    ``sharp`` marks a real (not averaged) T1 head: its brain fit is refined deformably and its
+    brain tissue classes come from its own intensities instead of ICBM's probability maps.
+    """
     intensity, affine = _load(head_path)
     t1, t1_aff = icbm["t1"]
     brain_ref = (t1 > 0).astype(np.float32)
@@ -117,17 +156,30 @@ def build_head(
             fixed_weight=ndimage.binary_dilation(brain_ref > 0, iterations=3),
         )
     )
+    if sharp:
+        near_brain = _warp(brain_ref, t1_aff, intensity.shape, affine, to_icbm) > 0.5
+        to_icbm = register_deformable(
+            intensity,
+            affine,
+            t1,
+            t1_aff,
+            to_icbm,
+            fixed_weight=ndimage.binary_dilation(near_brain, iterations=6),
+        )
     brain = _warp(brain_ref, t1_aff, intensity.shape, affine, to_icbm) > 0.5
-    gm = _warp(icbm["gm"][0], t1_aff, intensity.shape, affine, to_icbm)
-    wm = _warp(icbm["wm"][0], t1_aff, intensity.shape, affine, to_icbm)
     labels = np.zeros(intensity.shape, np.uint8)
     head = head_mask(intensity) | brain
     rest = head & ~brain
     quartiles = np.percentile(intensity[rest], [25, 50, 75])
     labels[rest] = FIRST_HEAD_LABEL + np.searchsorted(quartiles, intensity[rest]).astype(np.uint8)
-    labels[brain] = CSF
-    labels[brain & (gm >= 0.5 * 255) & (gm >= wm)] = GM
-    labels[brain & (wm >= 0.5 * 255) & (wm > gm)] = WM
+    if sharp:
+        labels[brain] = tissue_by_intensity(intensity, brain)[brain]
+    else:
+        gm = _warp(icbm["gm"][0], t1_aff, intensity.shape, affine, to_icbm)
+        wm = _warp(icbm["wm"][0], t1_aff, intensity.shape, affine, to_icbm)
+        labels[brain] = CSF
+        labels[brain & (gm >= 0.5 * 255) & (gm >= wm)] = GM
+        labels[brain & (wm >= 0.5 * 255) & (wm > gm)] = WM
     if face is None:
         face_map = np.zeros(intensity.shape, bool)
     else:
@@ -139,8 +191,10 @@ def build_head(
     return AtlasHead(name, intensity, labels, face_map & ~brain, affine)
 
 
-def build_atlas(mni152_head: Path | None = None) -> list[AtlasHead]:
-    """The training heads: pydeface's mean head, plus the FSL MNI152 head when given."""
+def build_atlas(
+    colin_head: Path | None = COLIN_HEAD, mni152_head: Path | None = None
+) -> list[AtlasHead]:
+    """The training heads: pydeface's mean head, Colin 27 and the FSL MNI152 head when given."""
     icbm = {
         k: _load(
             package_file(
@@ -152,9 +206,14 @@ def build_atlas(mni152_head: Path | None = None) -> list[AtlasHead]:
     pd_head = package_file("pydeface", "data/mean_reg2mean.nii.gz")
     face = _load(package_file("pydeface", "data/facemask.nii.gz"))
     heads = [build_head("pydeface_mean", pd_head, icbm, face, np.eye(4))]
-    if mni152_head is not None:
-        mni, mni_aff = _load(mni152_head)
-        pd, pd_aff = _load(pd_head)
-        mni_to_pd = register_affine(mni, mni_aff, pd, pd_aff)
-        heads.append(build_head("mni152_fsl", mni152_head, icbm, face, mni_to_pd))
+    pd, pd_aff = _load(pd_head)
+    extra = [("colin27", colin_head, True), ("mni152_fsl", mni152_head, False)]
+    for name, path, sharp in extra:
+        if path is None:
+            continue
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: training head not found")
+        head, head_aff = _load(Path(path))
+        head_to_pd = register_affine(head, head_aff, pd, pd_aff)
+        heads.append(build_head(name, Path(path), icbm, face, head_to_pd, sharp=sharp))
     return heads

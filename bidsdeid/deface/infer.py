@@ -49,14 +49,19 @@ def model_paths() -> list[Path]:
     return [package / "_shipped" / "models" / MODEL_FILE, package.parent / "models" / MODEL_FILE]
 
 
+def load_weights(path: Path) -> torch.nn.Module:
+    """The network saved in ``path`` (by ``bidsdeid.deface.train``), in eval mode."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model = UNet3D(tuple(saved["channels"]))
+    model.load_state_dict(saved["state_dict"])
+    return model.eval()
+
+
 def load_model() -> torch.nn.Module:
     """The shipped network in eval mode; raises DefaceError when no weights are found."""
     for path in model_paths():
         if path.exists():
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            model = UNet3D(tuple(saved["channels"]))
-            model.load_state_dict(saved["state_dict"])
-            return model.eval()
+            return load_weights(path)
     raise DefaceError(f"model weights {MODEL_FILE} not found in {[str(p) for p in model_paths()]}")
 
 
@@ -143,7 +148,12 @@ def fine_grid(
 
 
 @torch.no_grad()
-def predict_masks(model: torch.nn.Module, data: np.ndarray, affine: np.ndarray) -> NativeMasks:
+def predict_masks(
+    model: torch.nn.Module,
+    data: np.ndarray,
+    affine: np.ndarray,
+    brain_threshold: float = BRAIN_THRESHOLD,
+) -> NativeMasks:
     """Brain and face masks on the native grid of a 3D volume."""
     data = np.ascontiguousarray(data, dtype=np.float32)
     if not np.isfinite(data).all():
@@ -154,15 +164,14 @@ def predict_masks(model: torch.nn.Module, data: np.ndarray, affine: np.ndarray) 
     image = normalise_intensity(sample_native_on_grid(volume, affine, c_aff, c_shape))
     # Outside the acquired field of view the network was never trained (no target there).
     coarse = torch.sigmoid(model(image[None]))[0] * _inside(data.shape, affine, c_aff, c_shape)
-    coarse_brain = _largest_component(coarse[0].numpy() > BRAIN_THRESHOLD)
+    coarse_brain = _largest_component(coarse[0].numpy() > brain_threshold)
     if not coarse_brain.any():
         raise DefaceError("no brain found: is this a head MRI volume?")
     f_aff, f_shape = fine_grid(coarse_brain, c_aff)
     image = normalise_intensity(sample_native_on_grid(volume, affine, f_aff, f_shape))
-    fine_brain = torch.sigmoid(model(image[None]))[0, 0] * _inside(
+    fine_prob = torch.sigmoid(model(image[None]))[0, 0] * _inside(
         data.shape, affine, f_aff, f_shape
     )
-    fine_brain = fine_brain.numpy() > BRAIN_THRESHOLD
     # The fine pass may only refine the coarse brain's edge, not find a brain elsewhere.
     near_coarse = (
         _resample(
@@ -173,15 +182,55 @@ def predict_masks(model: torch.nn.Module, data: np.ndarray, affine: np.ndarray) 
         > 0.5
     )
     near_coarse = ndimage.binary_dilation(near_coarse, iterations=3)
-    brain_bin = _largest_component(fine_brain & near_coarse)
-    filled = ndimage.binary_fill_holes(brain_bin)
-    # Closeness to the brain (2 * PROTECT_MM minus distance, >= 0): zero far away and, through
-    # the resampler's zero padding, outside the fine box too.
-    distance = ndimage.distance_transform_edt(~filled, sampling=FINE_SPACING)
-    closeness = np.clip(2 * PROTECT_MM - distance, 0, None)
-    fine = torch.as_tensor(np.stack([filled, closeness]).astype(np.float32))
+    fine_prob = fine_prob.numpy()
     del volume
-    native_shape = data.shape[:3]
+    return native_masks(
+        brain_edge_probability(fine_prob, fine_prob > brain_threshold, near_coarse),
+        f_aff,
+        FINE_SPACING,
+        coarse[1].numpy(),
+        c_aff,
+        data.shape[:3],
+        affine,
+        brain_threshold,
+    )
+
+
+def brain_edge_probability(
+    prob: np.ndarray, brain: np.ndarray, allowed: np.ndarray
+) -> np.ndarray:
+    """The brain probability kept for resampling: 1 inside the largest brain component and its
+    holes, the network's probability on its one-voxel edge, 0 elsewhere.
+
+    Resampling this (not the binary mask) to the native grid keeps the edge's sub-voxel
+    position, so the native mask is not a blocky copy of the working grid.
+    """
+    filled = ndimage.binary_fill_holes(_largest_component(brain & allowed))
+    edge = ndimage.binary_dilation(filled) & ~filled
+    return np.where(filled, 1.0, np.where(edge, prob, 0.0)).astype(np.float32)
+
+
+def native_masks(
+    brain_prob: np.ndarray,
+    brain_affine: np.ndarray,
+    brain_spacing: float,
+    face_prob: np.ndarray,
+    face_affine: np.ndarray,
+    native_shape: tuple[int, ...],
+    affine: np.ndarray,
+    brain_threshold: float = BRAIN_THRESHOLD,
+) -> NativeMasks:
+    """Brain and face masks on the native grid from probabilities on working grids.
+
+    The face mask never comes within PROTECT_MM of the brain.
+    """
+    filled = brain_prob > brain_threshold
+    # Closeness to the brain (2 * PROTECT_MM minus distance, >= 0): zero far away and, through
+    # the resampler's zero padding, outside the brain's box too.
+    distance = ndimage.distance_transform_edt(~filled, sampling=brain_spacing)
+    closeness = np.clip(2 * PROTECT_MM - distance, 0, None)
+    brain_grid = torch.as_tensor(np.stack([brain_prob, closeness]).astype(np.float32))
+    face_grid = torch.as_tensor(face_prob[None].astype(np.float32))
     brain = np.zeros(native_shape, bool)
     face = np.zeros(native_shape, bool)
     # Work in slabs along the first axis to keep peak memory small on 1 mm volumes.
@@ -190,12 +239,10 @@ def predict_masks(model: torch.nn.Module, data: np.ndarray, affine: np.ndarray) 
         stop = min(native_shape[0], start + slab)
         part_affine = affine @ _shift(start)
         shp = (stop - start, native_shape[1], native_shape[2])
-        to_fine = np.linalg.inv(f_aff) @ part_affine
-        to_coarse = np.linalg.inv(c_aff) @ part_affine
-        b, close = _resample(fine, to_fine, shp)
-        b = b > 0.5
+        b, close = _resample(brain_grid, np.linalg.inv(brain_affine) @ part_affine, shp)
+        b = b > brain_threshold
         near_brain = close > PROTECT_MM
-        f = _resample(coarse[1:2], to_coarse, shp)[0] > FACE_THRESHOLD
+        f = _resample(face_grid, np.linalg.inv(face_affine) @ part_affine, shp)[0] > FACE_THRESHOLD
         brain[start:stop] = b.numpy()
         face[start:stop] = (f & ~near_brain & ~b).numpy()
     return NativeMasks(brain, face)

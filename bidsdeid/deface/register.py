@@ -8,6 +8,8 @@ building the training atlas, and as the registration-based defacing method for c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -79,11 +81,14 @@ def register_affine(
     fixed_weight: np.ndarray | None = None,
     spacings: tuple[float, ...] = (6.0, 4.0, 3.0),
     iterations: int = 120,
+    window_mm: float | None = None,
 ) -> np.ndarray:
     """4x4 matrix T mapping fixed world coordinates to moving world coordinates.
 
     ``fixed_weight`` (same grid as ``fixed``) limits where the similarity is measured, e.g. a
-    brain mask when only the brain should drive the fit.
+    brain mask when only the brain should drive the fit. With ``window_mm`` the similarity is
+    local (squared correlation in boxes of that size), so the two images may differ in contrast
+    (a T1w template on a T2w head); else it is one correlation over the whole weight.
     """
     fixed_t = _normalise(torch.as_tensor(np.asarray(fixed, np.float32)))[None]
     moving_t = _normalise(torch.as_tensor(np.asarray(moving, np.float32)))[None]
@@ -114,7 +119,10 @@ def register_affine(
             matrix = torch.eye(3) + linear.reshape(3, 3)
             moved_world = (world - centre) @ matrix.T + centre + translation
             m = sample_at_world(moving_t, moving_affine, moved_world)[0]
-            loss = -_weighted_ncc(f, m, w)
+            if window_mm is None:
+                loss = -_weighted_ncc(f, m, w)
+            else:
+                loss = -_local_ncc(f, m, w, max(1, round(window_mm / spacing / 2)))
             loss.backward()
             opt.step()
     with torch.no_grad():
@@ -133,3 +141,96 @@ def _weighted_ncc(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Te
     da, db = a - ma, b - mb
     cov = (w * da * db).sum()
     return cov / torch.sqrt((w * da * da).sum() * (w * db * db).sum() + 1e-8)
+
+
+@dataclass(frozen=True)
+class Warp:
+    """Fixed world -> moving world: an affine, then a smooth displacement (mm).
+
+    The displacement lives on a coarse control grid in fixed world space and is interpolated
+    trilinearly between control points.
+    """
+
+    affine: np.ndarray  # 4x4, fixed world -> moving world
+    displacement: torch.Tensor  # (3, I, J, K) mm, added after the affine
+    grid_affine: np.ndarray  # control grid voxel -> fixed world
+
+    def __call__(self, world: torch.Tensor) -> torch.Tensor:
+        """Moving-world points for fixed-world points (..., 3)."""
+        a = torch.as_tensor(self.affine, dtype=torch.float32)
+        shift = sample_at_world(self.displacement, self.grid_affine, world).movedim(0, -1)
+        return world @ a[:3, :3].T + a[:3, 3] + shift
+
+
+def register_deformable(
+    fixed: np.ndarray,
+    fixed_affine: np.ndarray,
+    moving: np.ndarray,
+    moving_affine: np.ndarray,
+    initial: np.ndarray,
+    fixed_weight: np.ndarray | None = None,
+    control_spacing: float = 8.0,
+    spacings: tuple[float, ...] = (4.0, 2.0),
+    iterations: int = 150,
+    smoothness: float = 0.5,
+    window_mm: float = 9.0,
+) -> Warp:
+    """Refine an affine ``initial`` (fixed world -> moving world) by a smooth displacement.
+
+    Local normalised cross-correlation (``window_mm`` boxes, so contrast may differ slowly
+    across the head) against a diffusion penalty on the displacement's control grid.
+    """
+    fixed_t = _normalise(torch.as_tensor(np.asarray(fixed, np.float32)))[None]
+    moving_t = _normalise(torch.as_tensor(np.asarray(moving, np.float32)))[None]
+    weight_t = (
+        None
+        if fixed_weight is None
+        else torch.as_tensor(np.asarray(fixed_weight, np.float32))[None]
+    )
+    control_shape, control_affine = isotropic_grid(fixed.shape, fixed_affine, control_spacing)
+    displacement = torch.zeros((3, *control_shape), requires_grad=True)
+    a = torch.as_tensor(initial, dtype=torch.float32)
+    for spacing in spacings:
+        shape, grid_affine = isotropic_grid(fixed.shape, fixed_affine, spacing)
+        world = grid_world_coords(shape, grid_affine)
+        f = sample_at_world(fixed_t, fixed_affine, world)[0]
+        w = (
+            (f > 0.05).float()
+            if weight_t is None
+            else sample_at_world(weight_t, fixed_affine, world)[0]
+        )
+        radius = max(1, round(window_mm / spacing / 2))
+        base = world @ a[:3, :3].T + a[:3, 3]
+        opt = torch.optim.Adam([displacement], lr=0.25 * spacing)
+        for _ in range(iterations):
+            opt.zero_grad()
+            shift = sample_at_world(displacement, control_affine, world).movedim(0, -1)
+            m = sample_at_world(moving_t, moving_affine, base + shift)[0]
+            penalty = smoothness * _diffusion(displacement, control_spacing)
+            loss = -_local_ncc(f, m, w, radius) + penalty
+            loss.backward()
+            opt.step()
+    return Warp(np.asarray(initial, float), displacement.detach(), control_affine)
+
+
+def _box_mean(v: torch.Tensor, radius: int) -> torch.Tensor:
+    k = 2 * radius + 1
+    return F.avg_pool3d(v[None, None], k, stride=1, padding=radius, count_include_pad=False)[0, 0]
+
+
+def _local_ncc(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean over ``w`` of the squared correlation of a and b in boxes of 2*radius+1 voxels."""
+    ma, mb = _box_mean(a, radius), _box_mean(b, radius)
+    cov = _box_mean(a * b, radius) - ma * mb
+    va = (_box_mean(a * a, radius) - ma * ma).clamp_min(1e-5)
+    vb = (_box_mean(b * b, radius) - mb * mb).clamp_min(1e-5)
+    cc = cov * cov / (va * vb)
+    return (cc * w).sum() / w.sum().clamp_min(1e-6)
+
+
+def _diffusion(displacement: torch.Tensor, spacing: float) -> torch.Tensor:
+    """Mean squared spatial derivative of the displacement (unitless: mm per mm)."""
+    d = displacement / spacing
+    return sum(
+        (d.diff(dim=axis) ** 2).mean() for axis in (1, 2, 3)
+    )

@@ -25,6 +25,7 @@ class Sample:
     image: torch.Tensor  # (1, n, n, n), normalised like inference input
     target: torch.Tensor  # (2, n, n, n) brain, face fractions
     valid: torch.Tensor  # (1, n, n, n) 1 where the target is defined
+    affine: np.ndarray  # voxel -> world (mm) of the sample's grid
 
 
 @dataclass(frozen=True)
@@ -93,11 +94,23 @@ def label_means(rng: np.random.Generator, realistic_contrast: float) -> torch.Te
     return torch.as_tensor(means, dtype=torch.float32)
 
 
-def synthesise(head: TorchHead, rng: np.random.Generator, realistic_contrast: float = 0.0) -> Sample:
-    """One random training pair: a whole-head coarse grid or a brain-centred finer one."""
-    coarse = rng.random() < 0.5
-    size = 56 if coarse else 48
-    spacing = rng.uniform(3.6, 5.0) if coarse else rng.uniform(2.3, 3.4)
+def synthesise(
+    head: TorchHead,
+    rng: np.random.Generator,
+    realistic_contrast: float = 0.0,
+    scan: tuple[int, float] | None = None,
+) -> Sample:
+    """One random training pair: a whole-head coarse grid or a brain-centred finer one.
+
+    ``scan`` (voxels per side, spacing in mm) instead makes a volume like a scan, e.g. 128 at
+    2 mm, to validate the whole inference pipeline on it.
+    """
+    if scan is None:
+        coarse = rng.random() < 0.5
+        size = 56 if coarse else 48
+        spacing = rng.uniform(3.6, 5.0) if coarse else rng.uniform(2.3, 3.4)
+    else:
+        coarse, (size, spacing) = False, scan
     fine_n = 2 * size
     rot = _rotation(np.deg2rad(rng.normal(0, 10, 3).clip(-30, 30)))
     scale = rng.uniform(0.88, 1.15, 3)
@@ -143,7 +156,9 @@ def synthesise(head: TorchHead, rng: np.random.Generator, realistic_contrast: fl
     image = image * fov
     image = normalise_intensity(image)
     valid = ((known > 0.5) & (fov > 0)).float()
-    return Sample(image[None], torch.stack([brain, face]), valid[None])
+    affine = fine_affine @ np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] += fine_affine[:3, :3] @ np.full(3, 0.5)  # a pooled voxel's centre
+    return Sample(image[None], torch.stack([brain, face]), valid[None], affine)
 
 
 def _random_fov(shape, rng: np.random.Generator) -> torch.Tensor:

@@ -1,11 +1,11 @@
 """Train the defacing U-Net on synthetic heads (CPU, time-boxed, resumable).
 
-    python -m bidsdeid.deface.train --steps 652 --out models/deface_unet.pt \
-        --mni152-head ../shared/data/heads/register_MNI152_T1_2mm.nii.gz
+    python -m bidsdeid.deface.train --steps 4000 --threads 2 --out models/deface_unet.pt
 
-Needs the ``pydeface`` and ``nilearn`` wheels installed (``pip install --no-deps``: only their
-data files are read). Checkpoints every ``--checkpoint-every`` steps beside ``--out`` so an
-interrupted run resumes where it stopped.
+Needs the ``pydeface`` and ``nilearn`` wheels (``pip install --no-deps``: only their data files
+are read) and Debian's ``mricron-data`` (the Colin 27 head); the recipe of the shipped weights
+is in ``models/MODEL_CARD.md``. Checkpoints every ``--checkpoint-every`` steps beside ``--out``
+so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bidsdeid.deface.atlas import AtlasHead, build_atlas
+from bidsdeid.deface.atlas import COLIN_HEAD, AtlasHead, build_atlas
 from bidsdeid.deface.model import UNet3D
 from bidsdeid.deface.synth import Sample, synthesise, to_torch_head
 
@@ -38,11 +38,19 @@ def loss_fn(logits: torch.Tensor, sample: Sample) -> torch.Tensor:
     return bce + dice.mean()
 
 
-def load_or_build_atlas(cache: Path, mni152_head: Path | None) -> list[AtlasHead]:
-    """Atlas heads, built once (about a minute) and cached as NIfTI label maps."""
-    heads = []
-    if cache.exists():
-        for name in json.loads((cache / "heads.json").read_text()):
+def load_or_build_atlas(
+    cache: Path, colin_head: Path | None, mni152_head: Path | None
+) -> list[AtlasHead]:
+    """Atlas heads, built once (a few minutes) and cached as NIfTI label maps.
+
+    The cache is used only when it holds the same heads as asked for.
+    """
+    wanted = {"colin27": colin_head, "mni152_fsl": mni152_head}
+    names = ["pydeface_mean"] + [name for name, path in wanted.items() if path is not None]
+    index = cache / "heads.json"
+    if index.exists() and json.loads(index.read_text()) == names:
+        heads = []
+        for name in names:
             lab = nib.load(cache / f"{name}_labels.nii.gz")
             face = nib.load(cache / f"{name}_face.nii.gz")
             heads.append(
@@ -55,14 +63,14 @@ def load_or_build_atlas(cache: Path, mni152_head: Path | None) -> list[AtlasHead
                 )
             )
         return heads
-    heads = build_atlas(mni152_head)
-    cache.mkdir(parents=True)
+    heads = build_atlas(colin_head, mni152_head)
+    cache.mkdir(parents=True, exist_ok=True)
     for h in heads:
         nib.save(nib.Nifti1Image(h.labels, h.affine), cache / f"{h.name}_labels.nii.gz")
         nib.save(
             nib.Nifti1Image(h.face.astype(np.uint8), h.affine), cache / f"{h.name}_face.nii.gz"
         )
-    (cache / "heads.json").write_text(json.dumps([h.name for h in heads]))
+    index.write_text(json.dumps([h.name for h in heads]))
     return heads
 
 
@@ -76,6 +84,12 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="stop after this many steps (the learning-rate schedule then follows "
         "steps, not time, so a run is repeatable on any machine)",
+    )
+    ap.add_argument(
+        "--colin-head",
+        type=Path,
+        default=COLIN_HEAD,
+        help="the Colin 27 head (Debian mricron-data); 'none' to train without it",
     )
     ap.add_argument("--mni152-head", type=Path, default=None)
     ap.add_argument("--atlas-cache", type=Path, default=Path("/tmp/bidsdeid_deface_atlas"))
@@ -92,8 +106,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--init", type=Path, default=None, help="start from these weights")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    colin = None if str(args.colin_head) == "none" else args.colin_head
     torch.manual_seed(args.seed)
-    heads = [to_torch_head(h) for h in load_or_build_atlas(args.atlas_cache, args.mni152_head)]
+    atlas = load_or_build_atlas(args.atlas_cache, colin, args.mni152_head)
+    heads = [to_torch_head(h) for h in atlas]
     model = UNet3D()
     if args.init is not None:
         model.load_state_dict(torch.load(args.init, weights_only=True)["state_dict"])
