@@ -1,9 +1,11 @@
-"""Affine registration of a template head to a subject head (the registration fallback).
+"""Registration of a template head to another head: affine, then deformable.
 
-A small gradient-descent registration in PyTorch: 12 affine parameters, normalised
-cross-correlation on a coarse-to-fine pair of isotropic grids. It needs no FSL/ANTs and runs in
-a few seconds on a CPU. Used to carry template labels (brain, face) onto another head: when
-building the training atlas, and as the registration-based defacing method for comparison.
+Small gradient-descent registrations in PyTorch: 12 affine parameters, then a smooth
+displacement on a coarse control grid, on coarse-to-fine isotropic grids, by normalised
+cross-correlation (global, or local where contrasts differ). They need no FSL/ANTs and run on
+a CPU. Used to carry template labels (brain, face) onto another head: when building the
+training atlas (``atlas.py``), and by the registration-based defacing fallback
+(``template.py``).
 """
 
 from __future__ import annotations
@@ -90,25 +92,12 @@ def register_affine(
     local (squared correlation in boxes of that size), so the two images may differ in contrast
     (a T1w template on a T2w head); else it is one correlation over the whole weight.
     """
-    fixed_t = _normalise(torch.as_tensor(np.asarray(fixed, np.float32)))[None]
-    moving_t = _normalise(torch.as_tensor(np.asarray(moving, np.float32)))[None]
-    weight_t = (
-        None
-        if fixed_weight is None
-        else torch.as_tensor(np.asarray(fixed_weight, np.float32))[None]
-    )
+    fixed_t, moving_t, weight_t = _as_tensors(fixed, moving, fixed_weight)
     shift = _centroid(moving, moving_affine) - _centroid(fixed, fixed_affine)
     linear = torch.zeros(9, requires_grad=True)
     translation = torch.as_tensor(shift, dtype=torch.float32).clone().requires_grad_(True)
     for spacing in spacings:
-        shape, grid_affine = isotropic_grid(fixed.shape, fixed_affine, spacing)
-        world = grid_world_coords(shape, grid_affine)
-        f = sample_at_world(fixed_t, fixed_affine, world)[0]
-        w = (
-            (f > 0.05).float()
-            if weight_t is None
-            else sample_at_world(weight_t, fixed_affine, world)[0]
-        )
+        world, f, w = _level(fixed_t, fixed_affine, weight_t, spacing)
         centre = (world * w[..., None]).sum((0, 1, 2)) / w.sum()
         # Adam steps are about lr per parameter: mm for the shift, unitless for the matrix.
         opt = torch.optim.Adam(
@@ -133,6 +122,33 @@ def register_affine(
     out[:3, :3] = matrix
     out[:3, 3] = c - matrix @ c + t
     return out
+
+
+def _as_tensors(
+    fixed: np.ndarray, moving: np.ndarray, fixed_weight: np.ndarray | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Normalised fixed and moving images, and the weight, as (1, I, J, K) tensors."""
+    weight = None
+    if fixed_weight is not None:
+        weight = torch.as_tensor(np.asarray(fixed_weight, np.float32))[None]
+    return (
+        _normalise(torch.as_tensor(np.asarray(fixed, np.float32)))[None],
+        _normalise(torch.as_tensor(np.asarray(moving, np.float32)))[None],
+        weight,
+    )
+
+
+def _level(
+    fixed_t: torch.Tensor, fixed_affine: np.ndarray, weight_t: torch.Tensor | None, spacing: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One resolution level: world points of an isotropic grid over the fixed image, the fixed
+    image on it and the weight (the head, where no weight is given)."""
+    shape, grid_affine = isotropic_grid(tuple(fixed_t.shape[1:]), fixed_affine, spacing)
+    world = grid_world_coords(shape, grid_affine)
+    f = sample_at_world(fixed_t, fixed_affine, world)[0]
+    if weight_t is None:
+        return world, f, (f > 0.05).float()
+    return world, f, sample_at_world(weight_t, fixed_affine, world)[0]
 
 
 def _weighted_ncc(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -180,25 +196,12 @@ def register_deformable(
     Local normalised cross-correlation (``window_mm`` boxes, so contrast may differ slowly
     across the head) against a diffusion penalty on the displacement's control grid.
     """
-    fixed_t = _normalise(torch.as_tensor(np.asarray(fixed, np.float32)))[None]
-    moving_t = _normalise(torch.as_tensor(np.asarray(moving, np.float32)))[None]
-    weight_t = (
-        None
-        if fixed_weight is None
-        else torch.as_tensor(np.asarray(fixed_weight, np.float32))[None]
-    )
+    fixed_t, moving_t, weight_t = _as_tensors(fixed, moving, fixed_weight)
     control_shape, control_affine = isotropic_grid(fixed.shape, fixed_affine, control_spacing)
     displacement = torch.zeros((3, *control_shape), requires_grad=True)
     a = torch.as_tensor(initial, dtype=torch.float32)
     for spacing in spacings:
-        shape, grid_affine = isotropic_grid(fixed.shape, fixed_affine, spacing)
-        world = grid_world_coords(shape, grid_affine)
-        f = sample_at_world(fixed_t, fixed_affine, world)[0]
-        w = (
-            (f > 0.05).float()
-            if weight_t is None
-            else sample_at_world(weight_t, fixed_affine, world)[0]
-        )
+        world, f, w = _level(fixed_t, fixed_affine, weight_t, spacing)
         radius = max(1, round(window_mm / spacing / 2))
         base = world @ a[:3, :3].T + a[:3, 3]
         opt = torch.optim.Adam([displacement], lr=0.25 * spacing)
@@ -231,6 +234,4 @@ def _local_ncc(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor, radius: int) -
 def _diffusion(displacement: torch.Tensor, spacing: float) -> torch.Tensor:
     """Mean squared spatial derivative of the displacement (unitless: mm per mm)."""
     d = displacement / spacing
-    return sum(
-        (d.diff(dim=axis) ** 2).mean() for axis in (1, 2, 3)
-    )
+    return sum((d.diff(dim=axis) ** 2).mean() for axis in (1, 2, 3))
