@@ -94,8 +94,8 @@ def test_only_zeroes_voxels_and_never_inside_the_brain_mask(defaced_small_head):
 def test_keeps_the_reference_brain_and_removes_the_reference_face(defaced_small_head):
     """Against masks made by ANTs registration (benchmarks/reference_masks/README.md).
 
-    Thresholds are the ones the shipped weights reach on this head (see models/MODEL_CARD.md),
-    so a regression fails; the skull-strip Dice is below the 0.95 goal.
+    Thresholds sit a little below what the shipped weights reach on this head (brain 1.0000,
+    face 0.9965, Dice 0.950; see models/MODEL_CARD.md), so a regression fails.
     """
     src, out, _ = defaced_small_head
     name = SMALL_HEAD[1].split(".")[0]
@@ -108,8 +108,8 @@ def test_keeps_the_reference_brain_and_removes_the_reference_face(defaced_small_
     face_gone = (after[ref_face] == 0).mean()
     dice = 2 * (mask & ref_brain).sum() / (mask.sum() + ref_brain.sum())
     assert brain_kept >= 0.999, f"only {brain_kept:.4f} of the reference brain kept"
-    assert face_gone >= 0.93, f"only {face_gone:.4f} of the reference face zeroed"
-    assert dice >= 0.9, f"skull-strip Dice {dice:.3f} vs reference"
+    assert face_gone >= 0.98, f"only {face_gone:.4f} of the reference face zeroed"
+    assert dice >= 0.94, f"skull-strip Dice {dice:.3f} vs reference"
 
 
 def test_removes_most_of_the_reference_outer_ears(defaced_small_head):
