@@ -217,8 +217,15 @@ def register_deformable(
 
 
 def _box_mean(v: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean over a (2 * radius + 1)^3 box (clipped at the borders), one axis at a time: the
+    same result as one 3D pooling at a fraction of its cost, backward pass included."""
     k = 2 * radius + 1
-    return F.avg_pool3d(v[None, None], k, stride=1, padding=radius, count_include_pad=False)[0, 0]
+    out = v[None, None]
+    for axis in range(3):
+        size, pad = [1, 1, 1], [0, 0, 0]
+        size[axis], pad[axis] = k, radius
+        out = F.avg_pool3d(out, size, stride=1, padding=pad, count_include_pad=False)
+    return out[0, 0]
 
 
 def _local_ncc(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor, radius: int) -> torch.Tensor:
