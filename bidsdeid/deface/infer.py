@@ -206,7 +206,8 @@ def brain_edge_probability(
     position, so the native mask is not a blocky copy of the working grid.
     """
     filled = ndimage.binary_fill_holes(_largest_component(brain & allowed))
-    edge = ndimage.binary_dilation(filled) & ~filled
+    # Edge voxels above threshold belong to a rejected component: they must stay outside.
+    edge = ndimage.binary_dilation(filled) & ~filled & ~brain
     return np.where(filled, 1.0, np.where(edge, prob, 0.0)).astype(np.float32)
 
 
