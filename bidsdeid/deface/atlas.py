@@ -24,6 +24,7 @@ comes from the pydeface face mask, carried by a whole-head affine fit, plus the 
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,4 +217,45 @@ def build_atlas(
         head, head_aff = _load(Path(path))
         head_to_pd = register_affine(head, head_aff, pd, pd_aff)
         heads.append(build_head(name, Path(path), icbm, face, head_to_pd, sharp=sharp))
+    return heads
+
+
+def training_head(text: str) -> Path | None:
+    """A command-line head path; ``none`` leaves that head out."""
+    return None if text == "none" else Path(text)
+
+
+def load_or_build_atlas(
+    cache: Path, colin_head: Path | None, mni152_head: Path | None
+) -> list[AtlasHead]:
+    """Atlas heads, built once (a few minutes) and cached as NIfTI label maps.
+
+    The cache is used only when it holds the same heads as asked for.
+    """
+    wanted = {"colin27": colin_head, "mni152_fsl": mni152_head}
+    names = ["pydeface_mean"] + [name for name, path in wanted.items() if path is not None]
+    index = cache / "heads.json"
+    if index.exists() and json.loads(index.read_text()) == names:
+        heads = []
+        for name in names:
+            lab = nib.load(cache / f"{name}_labels.nii.gz")
+            face = nib.load(cache / f"{name}_face.nii.gz")
+            heads.append(
+                AtlasHead(
+                    name,
+                    np.zeros(0, np.float32),
+                    np.asarray(lab.dataobj),
+                    np.asarray(face.dataobj) > 0,
+                    lab.affine,
+                )
+            )
+        return heads
+    heads = build_atlas(colin_head, mni152_head)
+    cache.mkdir(parents=True, exist_ok=True)
+    for h in heads:
+        nib.save(nib.Nifti1Image(h.labels, h.affine), cache / f"{h.name}_labels.nii.gz")
+        nib.save(
+            nib.Nifti1Image(h.face.astype(np.uint8), h.affine), cache / f"{h.name}_face.nii.gz"
+        )
+    index.write_text(json.dumps([h.name for h in heads]))
     return heads

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from bidsdeid.deface.atlas import COLIN_HEAD, CSF, WM, package_file
+from bidsdeid.deface.atlas import COLIN_HEAD, CSF, WM, load_or_build_atlas, package_file
 from bidsdeid.deface.infer import (
     DefaceError,
     NativeMasks,
@@ -124,8 +124,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("models") / TEMPLATE_FILE)
     ap.add_argument("--atlas-cache", type=Path, default=Path("/tmp/bidsdeid_deface_atlas"))
     args = ap.parse_args(argv)
-    from bidsdeid.deface.train import load_or_build_atlas
-
     load_or_build_atlas(args.atlas_cache, COLIN_HEAD if COLIN_HEAD.exists() else None, None)
     img = build_template(args.atlas_cache / "pydeface_mean_labels.nii.gz",
                          args.atlas_cache / "pydeface_mean_face.nii.gz")

@@ -11,17 +11,15 @@ so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bidsdeid.deface.atlas import COLIN_HEAD, AtlasHead, build_atlas
+from bidsdeid.deface.atlas import COLIN_HEAD, load_or_build_atlas, training_head
 from bidsdeid.deface.model import UNet3D
 from bidsdeid.deface.synth import Sample, synthesise, to_torch_head
 
@@ -38,42 +36,6 @@ def loss_fn(logits: torch.Tensor, sample: Sample) -> torch.Tensor:
     return bce + dice.mean()
 
 
-def load_or_build_atlas(
-    cache: Path, colin_head: Path | None, mni152_head: Path | None
-) -> list[AtlasHead]:
-    """Atlas heads, built once (a few minutes) and cached as NIfTI label maps.
-
-    The cache is used only when it holds the same heads as asked for.
-    """
-    wanted = {"colin27": colin_head, "mni152_fsl": mni152_head}
-    names = ["pydeface_mean"] + [name for name, path in wanted.items() if path is not None]
-    index = cache / "heads.json"
-    if index.exists() and json.loads(index.read_text()) == names:
-        heads = []
-        for name in names:
-            lab = nib.load(cache / f"{name}_labels.nii.gz")
-            face = nib.load(cache / f"{name}_face.nii.gz")
-            heads.append(
-                AtlasHead(
-                    name,
-                    np.zeros(0, np.float32),
-                    np.asarray(lab.dataobj),
-                    np.asarray(face.dataobj) > 0,
-                    lab.affine,
-                )
-            )
-        return heads
-    heads = build_atlas(colin_head, mni152_head)
-    cache.mkdir(parents=True, exist_ok=True)
-    for h in heads:
-        nib.save(nib.Nifti1Image(h.labels, h.affine), cache / f"{h.name}_labels.nii.gz")
-        nib.save(
-            nib.Nifti1Image(h.face.astype(np.uint8), h.affine), cache / f"{h.name}_face.nii.gz"
-        )
-    index.write_text(json.dumps([h.name for h in heads]))
-    return heads
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("models/deface_unet.pt"))
@@ -87,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument(
         "--colin-head",
-        type=Path,
+        type=training_head,
         default=COLIN_HEAD,
         help="the Colin 27 head (Debian mricron-data); 'none' to train without it",
     )
@@ -106,9 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--init", type=Path, default=None, help="start from these weights")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    colin = None if str(args.colin_head) == "none" else args.colin_head
     torch.manual_seed(args.seed)
-    atlas = load_or_build_atlas(args.atlas_cache, colin, args.mni152_head)
+    atlas = load_or_build_atlas(args.atlas_cache, args.colin_head, args.mni152_head)
     heads = [to_torch_head(h) for h in atlas]
     model = UNet3D()
     if args.init is not None:

@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bidsdeid.deface.atlas import COLIN_HEAD
+from bidsdeid.deface.atlas import COLIN_HEAD, load_or_build_atlas, training_head
 from bidsdeid.deface.infer import load_weights, predict_masks
 from bidsdeid.deface.synth import synthesise, to_torch_head
-from bidsdeid.deface.train import load_or_build_atlas
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
 SCAN = (128, 2.0)  # voxels per side, mm
@@ -37,13 +36,12 @@ def overlap(
     return np.array([int((p & t).sum()), int(p.sum() + t.sum())])
 
 
-@torch.no_grad()
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("weights", type=Path)
     ap.add_argument("--samples", type=int, default=24, help="pairs per atlas head")
     ap.add_argument("--seed", type=int, default=12345)
-    ap.add_argument("--colin-head", type=Path, default=COLIN_HEAD)
+    ap.add_argument("--colin-head", type=training_head, default=COLIN_HEAD)
     ap.add_argument("--atlas-cache", type=Path, default=Path("/tmp/bidsdeid_deface_atlas"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--scans", type=int, default=0, help="whole-pipeline volumes per head")
@@ -63,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
         for i in range(args.samples):
             contrast = "preset" if i % 2 == 0 else "random"
             sample = synthesise(torch_head, rng, 1.0 if contrast == "preset" else 0.0)
-            prob = torch.sigmoid(model(sample.image[None]))[0]
+            with torch.no_grad():
+                prob = torch.sigmoid(model(sample.image[None]))[0]
             valid = sample.valid[0] > 0
             counts[contrast] += np.array(
                 [overlap(prob[c], sample.target[c], valid, t) for c in (0, 1) for t in THRESHOLDS]
@@ -73,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{head.name:15s} {contrast:8s}  " + "  ".join(f"{v:8.3f}" for v in scores))
 
 
+@torch.no_grad()
 def validate_scans(model: torch.nn.Module, heads, count: int, seed: int) -> None:
     """Whole-pipeline brain Dice on synthetic scans, per volume and threshold."""
     print("head            contrast  " + "  ".join(f"brain@{t}" for t in THRESHOLDS))
