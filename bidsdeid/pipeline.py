@@ -347,12 +347,16 @@ def series_memory_estimate(job: SeriesJob) -> int:
     return _WORKER_BASE_BYTES + _SERIES_COPIES * size
 
 
+def cpu_share(n_workers: int) -> int:
+    """Torch threads for each of ``n_workers`` processes: by default every process takes all
+    CPUs, and the oversubscribed threads slow the defacing registration several-fold."""
+    return max(1, len(os.sched_getaffinity(0)) // n_workers)
+
+
 def _share_cpus(n_workers: int) -> None:
-    """A worker's share of the CPUs for torch's threads: by default every worker takes them
-    all, and the oversubscribed threads slow the defacing registration several-fold."""
     torch = sys.modules.get("torch")  # imported before the fork when series need defacing
     if torch is not None:
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // n_workers))
+        torch.set_num_threads(cpu_share(n_workers))
 
 
 def _map_pool(jobs: list[SeriesJob], n_procs: int, mem_bytes: int | None,

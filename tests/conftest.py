@@ -20,7 +20,9 @@ def pytest_configure(config):
     if workers > 1:
         import torch
 
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+        from bidsdeid.pipeline import cpu_share
+
+        torch.set_num_threads(cpu_share(workers))
 
 
 def shared_path(*parts: str) -> Path:

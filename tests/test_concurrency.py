@@ -1,5 +1,6 @@
-"""Several participant jobs writing into one OUTPUT_DIR at once give what a serial run gives, and a
-job killed half-way leaves only whole files behind and is completed by running it again."""
+"""Several participant jobs writing into one OUTPUT_DIR at once give what a serial run gives, a
+job killed half-way leaves only whole files behind and is completed by running it again, and
+parallel workers share the CPUs."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from PIL import Image
 from treeutil import run_cli, tree_hashes
 
 from bidsdeid.demo import make_demo
+from bidsdeid.pipeline import cpu_share
 
 
 def _participant_cmd(input_dir: Path, output_dir: Path, *options: str | Path) -> list[str]:
@@ -113,3 +115,10 @@ def test_killed_participant_job_leaves_whole_files_and_a_rerun_completes_it(tmp_
     run_cli(manifest.root, tmp_path / "killed", "participant", *common, check=True)
     assert tree_hashes(tmp_path / "killed") == tree_hashes(tmp_path / "reference"), \
         "re-running the killed job did not give the output of an uninterrupted run"
+
+
+def test_workers_share_the_cpus_for_torch_threads():
+    cpus = len(os.sched_getaffinity(0))
+    assert cpu_share(1) == cpus, "a lone worker takes every CPU"
+    assert cpu_share(2) == max(1, cpus // 2)
+    assert cpu_share(cpus * 4) == 1, "every worker keeps at least one thread"

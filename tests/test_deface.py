@@ -13,7 +13,7 @@ from PIL import Image
 
 from bidsdeid.deface import DefaceError, DefaceResult, deface_file, load_model
 from bidsdeid.deface.apply import stored_header
-from bidsdeid.deface.infer import _resample, model_paths
+from bidsdeid.deface.infer import _resample, model_paths, probabilities
 from tests.conftest import shared_path
 
 SMALL_HEAD = ("heads", "register_T1_head_ext2.nii.gz")  # 1.6 mm, 104 x 150 x 133, with neck
@@ -172,6 +172,16 @@ def test_masks_do_not_depend_on_voxel_axis_order(tmp_path, model, defaced_small_
     assert dice > 0.97, f"brain masks differ after reorientation: Dice {dice:.3f}"
 
 
+def test_flip_averaged_probabilities_mirror_with_the_image(model):
+    image = torch.rand(1, 32, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        mirrored = probabilities(model, image.flip(1), flip=True)
+        direct = probabilities(model, image, flip=True)
+        single = probabilities(model, image, flip=False)
+    assert torch.allclose(mirrored, direct.flip(1), atol=1e-5), "left-right averaging is asymmetric"
+    assert not torch.allclose(single, direct, atol=1e-5), "flip=True changed nothing"
+
+
 def test_resampler_matches_scipy_inside_the_volume():
     from scipy import ndimage
 
@@ -215,8 +225,9 @@ def test_template_fallback_keeps_the_brain_and_removes_the_face(tmp_path):
     reference masks were made from, so these figures flatter it; they guard regressions."""
     src = shared_path(*SMALL_HEAD)
     name = SMALL_HEAD[1].split(".")[0]
-    deface_file(src, tmp_path / "d.nii.gz", brain_mask=tmp_path / "m.nii.gz", qc=False,
-                method="template")
+    deface_file(
+        src, tmp_path / "d.nii.gz", brain_mask=tmp_path / "m.nii.gz", qc=False, method="template"
+    )
     ref_brain = np.asanyarray(nib.load(REFERENCE / f"{name}_brain.nii.gz").dataobj) > 0
     ref_face = np.asanyarray(nib.load(REFERENCE / f"{name}_face.nii.gz").dataobj) > 0
     before = np.asanyarray(nib.load(src).dataobj)
@@ -242,8 +253,7 @@ def test_defaces_a_real_head_without_the_shared_data(tmp_path, model):
     data = np.asanyarray(img.dataobj).astype(np.int16)[::2, ::2, ::2]
     src = tmp_path / "colin_2mm.nii.gz"
     nib.save(nib.Nifti1Image(data, img.affine @ np.diag([2.0, 2.0, 2.0, 1.0])), src)
-    deface_file(src, tmp_path / "d.nii.gz", brain_mask=tmp_path / "m.nii.gz", qc=False,
-                model=model)
+    deface_file(src, tmp_path / "d.nii.gz", brain_mask=tmp_path / "m.nii.gz", qc=False, model=model)
     small = nib.load(src)
     after = np.asanyarray(nib.load(tmp_path / "d.nii.gz").dataobj)
     brain = np.asanyarray(nib.load(tmp_path / "m.nii.gz").dataobj) > 0

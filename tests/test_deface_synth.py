@@ -79,3 +79,22 @@ def test_realistic_contrasts_are_jittered_presets():
     free = np.array([label_means(rng, realistic_contrast=0.0).numpy() for _ in range(200)])
     assert free[:, 0].max() <= 0.08, "air must stay dark"
     assert free[:, 1:].std() > 0.25, "free contrasts must span the range"
+
+
+def test_fine_samples_can_be_centred_anywhere_on_the_brain():
+    head = to_torch_head(toy_head())
+
+    def fine_centre_distances(share: float) -> list[float]:
+        rng = np.random.default_rng(4)
+        distances = []
+        while len(distances) < 6:
+            sample = synthesise(head, rng, brain_point_share=share)
+            n = sample.image.shape[-1]
+            if n == 48:  # a fine (brain) sample, not a whole-head one
+                centre = sample.affine[:3, :3] @ np.full(3, (n - 1) / 2) + sample.affine[:3, 3]
+                distances.append(float(np.linalg.norm(centre - head.brain_centre)))
+        return distances
+
+    near_centre, anywhere = fine_centre_distances(0.0), fine_centre_distances(1.0)
+    assert max(near_centre) < 45, f"brain-centred samples strayed: {near_centre}"
+    assert max(anywhere) > 45, f"brain-point samples never reached the brain's edge: {anywhere}"

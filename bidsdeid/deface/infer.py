@@ -29,6 +29,7 @@ PROTECT_MM = 6.0  # defacing never touches voxels this close to the predicted br
 # for the brain no threshold in 0.3-0.5 was clearly better (Dice 0.81-0.82), so 0.5 stays.
 FACE_THRESHOLD = 0.3
 BRAIN_THRESHOLD = 0.5
+FLIP_AVERAGE = True
 
 
 class DefaceError(Exception):
@@ -147,12 +148,25 @@ def fine_grid(
     return axis_aligned_grid((lo + hi) / 2, FINE_SPACING, shape), shape
 
 
+def probabilities(model: torch.nn.Module, image: torch.Tensor, flip: bool) -> torch.Tensor:
+    """Brain and face probabilities (2, I, J, K) of a (1, I, J, K) world-aligned image.
+
+    ``flip`` averages them with those of the left-right mirrored image (the network was trained
+    with random mirroring, so both are estimates of the same masks).
+    """
+    prob = torch.sigmoid(model(image[None]))[0]
+    if flip:
+        prob = 0.5 * (prob + torch.sigmoid(model(image[None].flip(2)))[0].flip(1))
+    return prob
+
+
 @torch.no_grad()
 def predict_masks(
     model: torch.nn.Module,
     data: np.ndarray,
     affine: np.ndarray,
     brain_threshold: float = BRAIN_THRESHOLD,
+    flip: bool = FLIP_AVERAGE,
 ) -> NativeMasks:
     """Brain and face masks on the native grid of a 3D volume."""
     data = np.ascontiguousarray(data, dtype=np.float32)
@@ -163,15 +177,13 @@ def predict_masks(
     c_shape = (COARSE_SIZE,) * 3
     image = normalise_intensity(sample_native_on_grid(volume, affine, c_aff, c_shape))
     # Outside the acquired field of view the network was never trained (no target there).
-    coarse = torch.sigmoid(model(image[None]))[0] * _inside(data.shape, affine, c_aff, c_shape)
+    coarse = probabilities(model, image, flip) * _inside(data.shape, affine, c_aff, c_shape)
     coarse_brain = _largest_component(coarse[0].numpy() > brain_threshold)
     if not coarse_brain.any():
         raise DefaceError("no brain found: is this a head MRI volume?")
     f_aff, f_shape = fine_grid(coarse_brain, c_aff)
     image = normalise_intensity(sample_native_on_grid(volume, affine, f_aff, f_shape))
-    fine_prob = torch.sigmoid(model(image[None]))[0, 0] * _inside(
-        data.shape, affine, f_aff, f_shape
-    )
+    fine_prob = probabilities(model, image, flip)[0] * _inside(data.shape, affine, f_aff, f_shape)
     # The fine pass may only refine the coarse brain's edge, not find a brain elsewhere.
     near_coarse = (
         _resample(
@@ -196,9 +208,7 @@ def predict_masks(
     )
 
 
-def brain_edge_probability(
-    prob: np.ndarray, brain: np.ndarray, allowed: np.ndarray
-) -> np.ndarray:
+def brain_edge_probability(prob: np.ndarray, brain: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     """The brain probability kept for resampling: 1 inside the largest brain component and its
     holes, the network's probability on its one-voxel edge, 0 elsewhere.
 

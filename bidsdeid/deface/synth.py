@@ -35,6 +35,7 @@ class TorchHead:
     affine: np.ndarray
     brain_centre: np.ndarray  # world mm
     head_top: np.ndarray  # world mm, highest head point (centre in x, y)
+    brain_points: np.ndarray  # (N, 3) world mm, a regular subsample of the brain's voxels
 
 
 def to_torch_head(head: AtlasHead) -> TorchHead:
@@ -44,12 +45,14 @@ def to_torch_head(head: AtlasHead) -> TorchHead:
     world_head = head.affine[:3, :3] @ ijk_head + head.affine[:3, 3:4]
     top = world_head.mean(1)
     top[2] = world_head[2].max()
+    world_brain = head.affine[:3, :3] @ ijk_brain + head.affine[:3, 3:4]
     return TorchHead(
         torch.as_tensor(lab, dtype=torch.float32)[None],
         torch.as_tensor(head.face, dtype=torch.float32)[None],
         head.affine,
-        head.affine[:3, :3] @ ijk_brain.mean(1) + head.affine[:3, 3],
+        world_brain.mean(1),
         top,
+        world_brain[:, :: max(1, world_brain.shape[1] // 20_000)].T.copy(),
     )
 
 
@@ -99,8 +102,10 @@ def synthesise(
     rng: np.random.Generator,
     realistic_contrast: float = 0.0,
     scan: tuple[int, float] | None = None,
+    brain_point_share: float = 0.0,
 ) -> Sample:
-    """One random training pair: a whole-head coarse grid or a brain-centred finer one.
+    """One random training pair: a whole-head coarse grid or a finer one on the brain (its
+    centre, or with probability ``brain_point_share`` any brain point).
 
     ``scan`` (voxels per side, spacing in mm) instead makes a volume like a scan, e.g. 128 at
     2 mm, to validate the whole inference pipeline on it.
@@ -120,6 +125,11 @@ def synthesise(
         # Inference stage 1 puts the head top ~20 mm below the grid top: mimic it, with jitter.
         local_top = np.array([0.0, 0.0, half - 20.0]) + rng.normal(0, 8, 3)
         centre = head.head_top - linear @ local_top
+    elif scan is None and rng.random() < brain_point_share:
+        # A fine grid (110-160 mm) centred on the brain rarely holds the lower brainstem or the
+        # brain's far edges, which the inference grid (whole brain) does hold: centre some on
+        # any brain point.
+        centre = head.brain_points[rng.integers(len(head.brain_points))] + rng.normal(0, 5, 3)
     else:
         centre = head.brain_centre + rng.normal(0, 12, 3)
     fine_affine = np.eye(4)

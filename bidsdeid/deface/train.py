@@ -65,6 +65,12 @@ def main(argv: list[str] | None = None) -> None:
         default=0.0,
         help="share of samples drawn with a typical T1w/T2w/PD/FLAIR contrast",
     )
+    ap.add_argument(
+        "--brain-point-share",
+        type=float,
+        default=0.0,
+        help="share of fine samples centred on a random brain point instead of the brain centre",
+    )
     ap.add_argument("--init", type=Path, default=None, help="start from these weights")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -90,7 +96,12 @@ def main(argv: list[str] | None = None) -> None:
         frac = step / args.steps if args.steps else (time.monotonic() - start) / budget
         for group in opt.param_groups:  # cosine decay over the time budget
             group["lr"] = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-        sample = synthesise(heads[step % len(heads)], rng, args.realistic_contrast)
+        sample = synthesise(
+            heads[step % len(heads)],
+            rng,
+            args.realistic_contrast,
+            brain_point_share=args.brain_point_share,
+        )
         loss = loss_fn(model(sample.image[None]), sample)
         opt.zero_grad()
         loss.backward()

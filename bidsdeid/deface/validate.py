@@ -1,7 +1,7 @@
 """Score weights on fresh synthetic pairs (never on real heads): the basis for thresholds.
 
     python -m bidsdeid.deface.validate models/deface_unet.pt --samples 24 --seed 12345
-    python -m bidsdeid.deface.validate models/deface_unet.pt --scans 8
+    python -m bidsdeid.deface.validate models/deface_unet.pt --scans 8 [--no-flip]
 
 Draws ``--samples`` pairs per atlas head with the training synthesis (half with preset
 contrasts, half with random ones) and prints brain and face Dice at several thresholds, pooled
@@ -45,15 +45,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--atlas-cache", type=Path, default=Path("/tmp/bidsdeid_deface_atlas"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--scans", type=int, default=0, help="whole-pipeline volumes per head")
+    ap.add_argument(
+        "--no-flip", action="store_true", help="scans without left-right test-time averaging"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_weights(args.weights)
     heads = load_or_build_atlas(args.atlas_cache, args.colin_head, None)
     if args.scans:
-        validate_scans(model, heads, args.scans, args.seed)
+        validate_scans(model, heads, args.scans, args.seed, flip=not args.no_flip)
         return
-    print("head            contrast  " + "  ".join(f"brain@{t}" for t in THRESHOLDS)
-          + "  " + "  ".join(f"face@{t}" for t in THRESHOLDS))
+    print(
+        "head            contrast  "
+        + "  ".join(f"brain@{t}" for t in THRESHOLDS)
+        + "  "
+        + "  ".join(f"face@{t}" for t in THRESHOLDS)
+    )
     for head in heads:
         rng = np.random.default_rng(args.seed)
         counts = {c: np.zeros((2 * len(THRESHOLDS), 2)) for c in ("preset", "random")}
@@ -73,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 @torch.no_grad()
-def validate_scans(model: torch.nn.Module, heads, count: int, seed: int) -> None:
+def validate_scans(model: torch.nn.Module, heads, count: int, seed: int, flip: bool = True) -> None:
     """Whole-pipeline brain Dice on synthetic scans, per volume and threshold."""
     print("head            contrast  " + "  ".join(f"brain@{t}" for t in THRESHOLDS))
     totals = np.zeros(len(THRESHOLDS))
@@ -88,12 +95,16 @@ def validate_scans(model: torch.nn.Module, heads, count: int, seed: int) -> None
             truth = sample.target[0].numpy() > 0.5
             scores = []
             for t in THRESHOLDS:
-                brain = predict_masks(model, image, sample.affine, brain_threshold=t).brain
+                brain = predict_masks(
+                    model, image, sample.affine, brain_threshold=t, flip=flip
+                ).brain
                 p, g = brain & valid, truth & valid
                 scores.append(2 * (p & g).sum() / max(p.sum() + g.sum(), 1))
             totals += scores
-            print(f"{head.name:15s} {contrast:8s}  " + "  ".join(f"{v:8.3f}" for v in scores),
-                  flush=True)
+            print(
+                f"{head.name:15s} {contrast:8s}  " + "  ".join(f"{v:8.3f}" for v in scores),
+                flush=True,
+            )
     mean = totals / (count * len(heads))
     print(f"{'mean':24s}  " + "  ".join(f"{v:8.3f}" for v in mean))
 
