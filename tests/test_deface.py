@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 from pathlib import Path
 
 import nibabel as nib
@@ -13,7 +14,13 @@ from PIL import Image
 
 from bidsdeid.deface import DefaceError, DefaceResult, deface_file, load_model
 from bidsdeid.deface.apply import stored_header
-from bidsdeid.deface.infer import _resample, model_paths, probabilities
+from bidsdeid.deface.infer import (
+    _resample,
+    model_paths,
+    probabilities,
+    tile_starts,
+    tiled_probabilities,
+)
 from tests.conftest import shared_path
 
 SMALL_HEAD = ("heads", "register_T1_head_ext2.nii.gz")  # 1.6 mm, 104 x 150 x 133, with neck
@@ -95,7 +102,7 @@ def test_keeps_the_reference_brain_and_removes_the_reference_face(defaced_small_
     """Against masks made by ANTs registration (benchmarks/reference_masks/README.md).
 
     Thresholds sit a little below what the shipped weights reach on this head (brain 1.0000,
-    face 0.9965, Dice 0.9499; see models/MODEL_CARD.md), so a regression fails.
+    face 0.9947, Dice 0.9535; see models/MODEL_CARD.md), so a regression fails.
     """
     src, out, _ = defaced_small_head
     name = SMALL_HEAD[1].split(".")[0]
@@ -109,7 +116,7 @@ def test_keeps_the_reference_brain_and_removes_the_reference_face(defaced_small_
     dice = 2 * (mask & ref_brain).sum() / (mask.sum() + ref_brain.sum())
     assert brain_kept >= 0.999, f"only {brain_kept:.4f} of the reference brain kept"
     assert face_gone >= 0.98, f"only {face_gone:.4f} of the reference face zeroed"
-    assert dice >= 0.94, f"skull-strip Dice {dice:.3f} vs reference"
+    assert dice >= 0.945, f"skull-strip Dice {dice:.3f} vs reference"
 
 
 def test_removes_most_of_the_reference_outer_ears(defaced_small_head):
@@ -180,6 +187,31 @@ def test_flip_averaged_probabilities_mirror_with_the_image(model):
         single = probabilities(model, image, flip=False)
     assert torch.allclose(mirrored, direct.flip(1), atol=1e-5), "left-right averaging is asymmetric"
     assert not torch.allclose(single, direct, atol=1e-5), "flip=True changed nothing"
+
+
+@pytest.mark.parametrize("size", [40, 56, 64, 88, 96])
+def test_fine_tiles_cover_the_grid_with_the_overlap(size):
+    tile, overlap = 56, 24
+    starts = tile_starts(size, tile, overlap)
+    covered = np.zeros(size, bool)
+    for start in starts:
+        covered[start : start + tile] = True
+    assert covered.all(), f"tiles {starts} leave voxels of a {size}-voxel axis uncovered"
+    assert all(b - a <= tile - overlap for a, b in itertools.pairwise(starts)), (
+        f"overlap < {overlap}"
+    )
+    assert starts[-1] + min(tile, size) == size, "the last tile must end at the grid's edge"
+
+
+def test_tiled_probabilities_blend_the_tiles_of_a_large_grid(model):
+    image = torch.rand(1, 72, 48, 48, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        tiled = tiled_probabilities(model, image, flip=False, tile=48, overlap=16)
+        first_tile = probabilities(model, image[:, :48], flip=False)
+    assert tiled.shape == (2, 72, 48, 48)
+    assert 0 <= tiled.min() and tiled.max() <= 1
+    # Tiles at 0 and 24 along the first axis: voxels only the first covers keep its values.
+    assert torch.allclose(tiled[:, :24], first_tile[:, :24], atol=1e-6), "unblended part changed"
 
 
 def test_resampler_matches_scipy_inside_the_volume():

@@ -7,6 +7,7 @@ a 2.5 mm grid fitted around that brain refines the brain. Both grids are aligned
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,10 @@ MODEL_FILE = "deface_unet.pt"
 COARSE_SPACING, COARSE_SIZE = 4.0, 64
 HEAD_TOP_MARGIN_MM = 20.0  # the synthetic training grids put the head top this far from the edge
 FINE_SPACING, FINE_MAX = 2.5, 96
+# The fine pass runs on overlapping tiles near the size of the training crops (48 voxels), so
+# instance normalisation sees statistics like those of training, not of a whole-brain grid:
+# synthetic-scan Dice 0.941 -> 0.948 (64-voxel tiles; 56 gave 0.950 at 1.5x the time).
+FINE_TILE, TILE_OVERLAP = 64, 24
 BRAIN_MARGIN_MM = 15.0
 PROTECT_MM = 6.0  # defacing never touches voxels this close to the predicted brain
 # Probability thresholds chosen on synthetic validation pairs (never on the real test heads):
@@ -29,7 +34,9 @@ PROTECT_MM = 6.0  # defacing never touches voxels this close to the predicted br
 # for the brain no threshold in 0.3-0.5 was clearly better (Dice 0.81-0.82), so 0.5 stays.
 FACE_THRESHOLD = 0.3
 BRAIN_THRESHOLD = 0.5
-FLIP_AVERAGE = True
+# Averaging with the mirrored image gained 0.0004-0.0006 Dice on synthetic scans for twice the
+# network time, so it is off by default.
+FLIP_AVERAGE = False
 
 
 class DefaceError(Exception):
@@ -160,6 +167,51 @@ def probabilities(model: torch.nn.Module, image: torch.Tensor, flip: bool) -> to
     return prob
 
 
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Evenly spread first indices of tiles covering ``size`` voxels, each pair overlapping by
+    at least ``overlap``."""
+    if size <= tile:
+        return [0]
+    count = math.ceil((size - tile) / (tile - overlap)) + 1
+    return [round(i * (size - tile) / (count - 1)) for i in range(count)]
+
+
+def tiled_probabilities(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    flip: bool,
+    tile: int = FINE_TILE,
+    overlap: int = TILE_OVERLAP,
+) -> torch.Tensor:
+    """``probabilities`` over overlapping tiles, blended with weights that fall off linearly
+    over the outer quarter of each tile."""
+    shape = image.shape[1:]
+    if all(n <= tile for n in shape):
+        return probabilities(model, image, flip)
+    total = torch.zeros(2, *shape)
+    weight_sum = torch.zeros(shape)
+    for i in tile_starts(shape[0], tile, overlap):
+        for j in tile_starts(shape[1], tile, overlap):
+            for k in tile_starts(shape[2], tile, overlap):
+                box = (slice(i, i + tile), slice(j, j + tile), slice(k, k + tile))
+                crop = image[(slice(None), *box)]
+                a, b, c = crop.shape[1:]
+                w = (
+                    _ramp(a, tile)[:, None, None]
+                    * _ramp(b, tile)[None, :, None]
+                    * _ramp(c, tile)[None, None, :]
+                )
+                total[(slice(None), *box)] += probabilities(model, crop, flip) * w
+                weight_sum[box] += w
+    return total / weight_sum
+
+
+def _ramp(n: int, tile: int) -> torch.Tensor:
+    """Blending weights along one tile axis: rising from the edges, flat in the middle."""
+    i = torch.arange(n, dtype=torch.float32)
+    return torch.clamp(torch.minimum(i + 1, n - i), max=tile / 4)
+
+
 @torch.no_grad()
 def predict_masks(
     model: torch.nn.Module,
@@ -183,7 +235,9 @@ def predict_masks(
         raise DefaceError("no brain found: is this a head MRI volume?")
     f_aff, f_shape = fine_grid(coarse_brain, c_aff)
     image = normalise_intensity(sample_native_on_grid(volume, affine, f_aff, f_shape))
-    fine_prob = probabilities(model, image, flip)[0] * _inside(data.shape, affine, f_aff, f_shape)
+    fine_prob = tiled_probabilities(model, image, flip)[0] * _inside(
+        data.shape, affine, f_aff, f_shape
+    )
     # The fine pass may only refine the coarse brain's edge, not find a brain elsewhere.
     near_coarse = (
         _resample(
