@@ -1,7 +1,7 @@
 """Score weights on fresh synthetic pairs (never on real heads): the basis for thresholds.
 
     python -m bidsdeid.deface.validate models/deface_unet.pt --samples 24 --seed 12345
-    python -m bidsdeid.deface.validate models/deface_unet.pt --scans 8 [--no-flip]
+    python -m bidsdeid.deface.validate models/deface_unet.pt --scans 8 [--flip]
 
 Draws ``--samples`` pairs per atlas head with the training synthesis (half with preset
 contrasts, half with random ones) and prints brain and face Dice at several thresholds, pooled
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from bidsdeid.deface.atlas import COLIN_HEAD, load_or_build_atlas, training_head
-from bidsdeid.deface.infer import load_weights, predict_masks
+from bidsdeid.deface.infer import FLIP_AVERAGE, load_weights, predict_masks
 from bidsdeid.deface.synth import synthesise, to_torch_head
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
@@ -46,14 +46,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--scans", type=int, default=0, help="whole-pipeline volumes per head")
     ap.add_argument(
-        "--no-flip", action="store_true", help="scans without left-right test-time averaging"
+        "--flip",
+        action="store_true",
+        help="scans with left-right test-time averaging (off in the shipped setting)",
     )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_weights(args.weights)
     heads = load_or_build_atlas(args.atlas_cache, args.colin_head, None)
     if args.scans:
-        validate_scans(model, heads, args.scans, args.seed, flip=not args.no_flip)
+        validate_scans(model, heads, args.scans, args.seed, flip=args.flip)
         return
     print(
         "head            contrast  "
@@ -80,7 +82,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 @torch.no_grad()
-def validate_scans(model: torch.nn.Module, heads, count: int, seed: int, flip: bool = True) -> None:
+def validate_scans(
+    model: torch.nn.Module, heads, count: int, seed: int, flip: bool = FLIP_AVERAGE
+) -> None:
     """Whole-pipeline brain Dice on synthetic scans, per volume and threshold."""
     print("head            contrast  " + "  ".join(f"brain@{t}" for t in THRESHOLDS))
     totals = np.zeros(len(THRESHOLDS))
