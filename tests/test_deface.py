@@ -15,6 +15,9 @@ from PIL import Image
 from bidsdeid.deface import DefaceError, DefaceResult, deface_file, load_model
 from bidsdeid.deface.apply import stored_header
 from bidsdeid.deface.infer import (
+    FINE_MAX,
+    FINE_TILE,
+    TILE_OVERLAP,
     _resample,
     model_paths,
     probabilities,
@@ -189,9 +192,9 @@ def test_flip_averaged_probabilities_mirror_with_the_image(model):
     assert not torch.allclose(single, direct, atol=1e-5), "flip=True changed nothing"
 
 
-@pytest.mark.parametrize("size", [40, 56, 64, 88, 96])
+@pytest.mark.parametrize("size", range(16, FINE_MAX + 1, 8))  # every fine-grid side
 def test_fine_tiles_cover_the_grid_with_the_overlap(size):
-    tile, overlap = 56, 24
+    tile, overlap = FINE_TILE, TILE_OVERLAP
     starts = tile_starts(size, tile, overlap)
     covered = np.zeros(size, bool)
     for start in starts:
