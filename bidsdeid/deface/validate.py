@@ -1,7 +1,8 @@
 """Score weights on fresh synthetic pairs (never on real heads): the basis for thresholds.
 
     python -m bidsdeid.deface.validate models/deface_unet.pt --samples 24 --seed 12345
-    python -m bidsdeid.deface.validate models/deface_unet.pt --scans 8 [--flip]
+    python -m bidsdeid.deface.validate models/deface_unet.pt --scans 8 [--flip] [--fine-spacing MM]
+        [--average-samples] [--scan-size 184 --scan-spacing 1.2]
 
 Draws ``--samples`` pairs per atlas head with the training synthesis (half with preset
 contrasts, half with random ones) and prints brain and face Dice at several thresholds, pooled
@@ -19,7 +20,13 @@ import numpy as np
 import torch
 
 from bidsdeid.deface.atlas import COLIN_HEAD, load_or_build_atlas, training_head
-from bidsdeid.deface.infer import FLIP_AVERAGE, load_weights, predict_masks
+from bidsdeid.deface.infer import (
+    AVERAGE_SAMPLES,
+    FINE_SPACING,
+    FLIP_AVERAGE,
+    load_weights,
+    predict_masks,
+)
 from bidsdeid.deface.synth import synthesise, to_torch_head
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
@@ -47,15 +54,36 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scans", type=int, default=0, help="whole-pipeline volumes per head")
     ap.add_argument(
         "--flip",
-        action="store_true",
-        help="scans with left-right test-time averaging (off in the shipped setting)",
+        action=argparse.BooleanOptionalAction,
+        default=FLIP_AVERAGE,
+        help="scans with left-right test-time averaging (default: the shipped setting)",
     )
+    ap.add_argument(
+        "--fine-spacing",
+        type=float,
+        default=FINE_SPACING,
+        help="scans with this fine-pass spacing in mm (the shipped one by default)",
+    )
+    ap.add_argument(
+        "--average-samples",
+        action=argparse.BooleanOptionalAction,
+        default=AVERAGE_SAMPLES,
+        help="working-grid voxels as means of 2x2x2 samples (default: the shipped setting)",
+    )
+    ap.add_argument("--scan-size", type=int, default=SCAN[0], help="scan voxels per side")
+    ap.add_argument("--scan-spacing", type=float, default=SCAN[1], help="scan voxel size, mm")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_weights(args.weights)
     heads = load_or_build_atlas(args.atlas_cache, args.colin_head, None)
     if args.scans:
-        validate_scans(model, heads, args.scans, args.seed, flip=args.flip)
+        settings = {
+            "flip": args.flip,
+            "fine_spacing": args.fine_spacing,
+            "average_samples": args.average_samples,
+        }
+        scan = (args.scan_size, args.scan_spacing)
+        validate_scans(model, heads, args.scans, args.seed, scan, settings)
         return
     print(
         "head            contrast  "
@@ -83,9 +111,18 @@ def main(argv: list[str] | None = None) -> None:
 
 @torch.no_grad()
 def validate_scans(
-    model: torch.nn.Module, heads, count: int, seed: int, flip: bool = FLIP_AVERAGE
+    model: torch.nn.Module,
+    heads,
+    count: int,
+    seed: int,
+    scan: tuple[int, float] = SCAN,
+    settings: dict | None = None,
 ) -> None:
-    """Whole-pipeline brain Dice on synthetic scans, per volume and threshold."""
+    """Whole-pipeline brain Dice on synthetic scans, per volume and threshold.
+
+    ``settings`` are keyword arguments of ``predict_masks`` (the shipped ones when absent).
+    """
+    settings = settings or {}
     print("head            contrast  " + "  ".join(f"brain@{t}" for t in THRESHOLDS))
     totals = np.zeros(len(THRESHOLDS))
     for head in heads:
@@ -93,14 +130,14 @@ def validate_scans(
         torch_head = to_torch_head(head)
         for i in range(count):
             contrast = "preset" if i % 2 == 0 else "random"
-            sample = synthesise(torch_head, rng, 1.0 if contrast == "preset" else 0.0, scan=SCAN)
+            sample = synthesise(torch_head, rng, 1.0 if contrast == "preset" else 0.0, scan=scan)
             image = sample.image[0].numpy()
             valid = sample.valid[0].numpy() > 0
             truth = sample.target[0].numpy() > 0.5
             scores = []
             for t in THRESHOLDS:
                 brain = predict_masks(
-                    model, image, sample.affine, brain_threshold=t, flip=flip
+                    model, image, sample.affine, brain_threshold=t, **settings
                 ).brain
                 p, g = brain & valid, truth & valid
                 scores.append(2 * (p & g).sum() / max(p.sum() + g.sum(), 1))
