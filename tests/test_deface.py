@@ -19,10 +19,8 @@ from bidsdeid.deface.infer import (
     FINE_TILE,
     TILE_OVERLAP,
     _resample,
-    average_native_on_grid,
     model_paths,
     probabilities,
-    sample_native_on_grid,
     tile_starts,
     tiled_probabilities,
 )
@@ -237,32 +235,6 @@ def test_resampler_matches_scipy_inside_the_volume():
     )
     inside = ndimage.binary_erosion(inside)
     assert np.allclose(ours[inside], ref[inside], atol=1e-5)
-
-
-def test_averaged_sampling_gives_a_fine_pattern_its_mean_not_an_alias():
-    """A 1 mm checkerboard on a 2 mm grid: one sample per voxel sees a single square's value,
-    the mean of 2x2x2 samples sees the pattern's mean, as training images do."""
-    i, j, k = np.indices((32, 32, 32))
-    board = torch.as_tensor(((i + j + k) % 2).astype(np.float32))[None]
-    grid = np.diag([2.0, 2.0, 2.0, 1.0])
-    grid[:3, 3] = 4.5  # voxel centres on native voxel edges, away from the volume's border
-    averaged = average_native_on_grid(board, np.eye(4), grid, (10, 10, 10))[0].numpy()
-    assert np.allclose(averaged, 0.5, atol=1e-5), f"mean {averaged.mean():.3f}"
-    grid[:3, 3] = 4.0  # voxel centres on native voxel centres
-    single = sample_native_on_grid(board, np.eye(4), grid, (10, 10, 10))[0].numpy()
-    assert np.ptp(single) == 0 and single.flat[0] in (0.0, 1.0), "one sample sees one square"
-
-
-def test_averaged_sampling_keeps_a_linear_ramp():
-    """Averaging samples symmetric about each voxel centre leaves linear intensities as
-    they are, so only detail finer than the grid is smoothed."""
-    i, j, k = np.indices((24, 24, 24))
-    ramp = torch.as_tensor((0.3 * i + 0.2 * j - 0.1 * k).astype(np.float32))[None]
-    grid = np.array([[1.5, 0.2, 0, 4], [0, 1.4, 0.1, 4], [-0.1, 0, 1.6, 5], [0, 0, 0, 1]])
-    shape = (8, 8, 8)
-    averaged = average_native_on_grid(ramp, np.eye(4), grid, shape)[0].numpy()
-    single = sample_native_on_grid(ramp, np.eye(4), grid, shape)[0].numpy()
-    assert np.allclose(averaged, single, atol=1e-4)
 
 
 def test_scaled_integer_input_keeps_its_scaling_and_zeroes_to_zero(tmp_path, model):

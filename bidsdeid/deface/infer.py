@@ -38,8 +38,6 @@ BRAIN_THRESHOLD = 0.5
 # Averaging with the mirrored image gained 0.0004-0.0006 Dice on synthetic scans for twice the
 # network time, so it is off by default.
 FLIP_AVERAGE = False
-# Working-grid voxels as the mean of 2x2x2 samples (like training images) or one sample each.
-AVERAGE_SAMPLES = False
 
 
 class DefaceError(Exception):
@@ -85,24 +83,6 @@ def sample_native_on_grid(
     """Trilinear samples of the native volume at the grid's voxel centres (0 outside)."""
     grid_to_native = np.linalg.inv(native_affine) @ grid_affine
     return _resample(data, grid_to_native, shape)
-
-
-def average_native_on_grid(
-    data: torch.Tensor,
-    native_affine: np.ndarray,
-    grid_affine: np.ndarray,
-    shape: tuple[int, int, int],
-) -> torch.Tensor:
-    """The mean of 2x2x2 trilinear samples within each grid voxel (0 outside).
-
-    This is how training images are formed (``synth``: sampled at half the spacing, then
-    averaged), so a finer scan reaches the network as it would in training, not aliased.
-    """
-    half = np.diag([0.5, 0.5, 0.5, 1.0])
-    half[:3, 3] = -0.25  # sub-voxel 2i sits at i - 1/4, 2i + 1 at i + 1/4
-    sub_shape = (2 * shape[0], 2 * shape[1], 2 * shape[2])
-    sub = sample_native_on_grid(data, native_affine, grid_affine @ half, sub_shape)
-    return F.avg_pool3d(sub[None], 2)[0]
 
 
 def _resample(
@@ -241,24 +221,22 @@ def predict_masks(
     brain_threshold: float = BRAIN_THRESHOLD,
     flip: bool = FLIP_AVERAGE,
     fine_spacing: float = FINE_SPACING,
-    average_samples: bool = AVERAGE_SAMPLES,
 ) -> NativeMasks:
     """Brain and face masks on the native grid of a 3D volume."""
-    to_grid = average_native_on_grid if average_samples else sample_native_on_grid
     data = np.ascontiguousarray(data, dtype=np.float32)
     if not np.isfinite(data).all():
         data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
     volume = torch.as_tensor(data)[None]
     c_aff = coarse_grid(data, affine)
     c_shape = (COARSE_SIZE,) * 3
-    image = normalise_intensity(to_grid(volume, affine, c_aff, c_shape))
+    image = normalise_intensity(sample_native_on_grid(volume, affine, c_aff, c_shape))
     # Outside the acquired field of view the network was never trained (no target there).
     coarse = probabilities(model, image, flip) * _inside(data.shape, affine, c_aff, c_shape)
     coarse_brain = _largest_component(coarse[0].numpy() > brain_threshold)
     if not coarse_brain.any():
         raise DefaceError("no brain found: is this a head MRI volume?")
     f_aff, f_shape = fine_grid(coarse_brain, c_aff, fine_spacing)
-    image = normalise_intensity(to_grid(volume, affine, f_aff, f_shape))
+    image = normalise_intensity(sample_native_on_grid(volume, affine, f_aff, f_shape))
     fine_prob = tiled_probabilities(model, image, flip)[0] * _inside(
         data.shape, affine, f_aff, f_shape
     )

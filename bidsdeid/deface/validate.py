@@ -2,7 +2,7 @@
 
     python -m bidsdeid.deface.validate models/deface_unet.pt --samples 24 --seed 12345
     python -m bidsdeid.deface.validate models/deface_unet.pt --scans 8 [--flip] [--fine-spacing MM]
-        [--average-samples] [--scan-size 184 --scan-spacing 1.2]
+        [--scan-size 184 --scan-spacing 1.2]
 
 Draws ``--samples`` pairs per atlas head with the training synthesis (half with preset
 contrasts, half with random ones) and prints brain and face Dice at several thresholds, pooled
@@ -21,7 +21,6 @@ import torch
 
 from bidsdeid.deface.atlas import COLIN_HEAD, load_or_build_atlas, training_head
 from bidsdeid.deface.infer import (
-    AVERAGE_SAMPLES,
     FINE_SPACING,
     FLIP_AVERAGE,
     load_weights,
@@ -64,12 +63,6 @@ def main(argv: list[str] | None = None) -> None:
         default=FINE_SPACING,
         help="scans with this fine-pass spacing in mm (the shipped one by default)",
     )
-    ap.add_argument(
-        "--average-samples",
-        action=argparse.BooleanOptionalAction,
-        default=AVERAGE_SAMPLES,
-        help="working-grid voxels as means of 2x2x2 samples (default: the shipped setting)",
-    )
     ap.add_argument("--scan-size", type=int, default=SCAN[0], help="scan voxels per side")
     ap.add_argument("--scan-spacing", type=float, default=SCAN[1], help="scan voxel size, mm")
     args = ap.parse_args(argv)
@@ -80,7 +73,6 @@ def main(argv: list[str] | None = None) -> None:
         settings = {
             "flip": args.flip,
             "fine_spacing": args.fine_spacing,
-            "average_samples": args.average_samples,
         }
         scan = (args.scan_size, args.scan_spacing)
         validate_scans(model, heads, args.scans, args.seed, scan, settings)
