@@ -105,7 +105,7 @@ def test_keeps_the_reference_brain_and_removes_the_reference_face(defaced_small_
     """Against masks made by ANTs registration (benchmarks/reference_masks/README.md).
 
     Thresholds sit a little below what the shipped weights reach on this head (brain 1.0000,
-    face 0.9947, Dice 0.9535; see models/MODEL_CARD.md), so a regression fails.
+    face 0.9947, Dice 0.9544; see models/MODEL_CARD.md), so a regression fails.
     """
     src, out, _ = defaced_small_head
     name = SMALL_HEAD[1].split(".")[0]

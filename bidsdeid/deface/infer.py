@@ -1,7 +1,7 @@
 """Run the defacing U-Net on one NIfTI volume and map its masks back to native space.
 
 Two passes of the same network: a whole-head 4 mm grid (64^3, 256 mm) finds brain and face;
-a 2.5 mm grid fitted around that brain refines the brain. Both grids are aligned with the world
+a 3.1 mm grid fitted around that brain refines the brain. Both grids are aligned with the world
 (RAS) axes, so any voxel orientation or obliquity is handled by the resampling alone.
 """
 
@@ -22,17 +22,20 @@ from bidsdeid.deface.model import UNet3D
 MODEL_FILE = "deface_unet.pt"
 COARSE_SPACING, COARSE_SIZE = 4.0, 64
 HEAD_TOP_MARGIN_MM = 20.0  # the synthetic training grids put the head top this far from the edge
-FINE_SPACING, FINE_MAX = 2.5, 96
+# Fine spacing chosen on synthetic scans (2 mm and 1.2 mm, models/MODEL_CARD.md): brain Dice
+# 0.949 / 0.955 / 0.958 / 0.960 at 2.5 / 2.8 / 3.1 / 3.4 mm (the training crops span 2.3-3.4);
+# 3.1 is the finer of the two within 0.002 of the best.
+FINE_SPACING, FINE_MAX = 3.1, 96
 # The fine pass runs on overlapping tiles near the size of the training crops (48 voxels), so
 # instance normalisation sees statistics like those of training, not of a whole-brain grid:
-# synthetic-scan Dice 0.941 -> 0.948 (64-voxel tiles; 56 gave 0.950 at 1.5x the time).
+# synthetic-scan Dice 0.941 -> 0.948 at 2.5 mm (64-voxel tiles; 56 gave 0.950 at 1.5x the time).
 FINE_TILE, TILE_OVERLAP = 64, 24
 BRAIN_MARGIN_MM = 15.0
 PROTECT_MM = 6.0  # defacing never touches voxels this close to the predicted brain
 # Probability thresholds chosen on synthetic validation pairs (never on the real test heads):
 # face 0.3 raises face recall from 0.80 to 0.88 (extra removal is non-brain tissue or air);
-# for the brain, whole-pipeline synthetic scans give Dice 0.942 / 0.947 / 0.948 / 0.946 at
-# 0.3 / 0.4 / 0.5 / 0.6 (models/MODEL_CARD.md), so 0.5 stays.
+# for the brain, whole-pipeline synthetic 2 mm scans give Dice 0.947 / 0.955 / 0.957 / 0.956
+# at 0.3 / 0.4 / 0.5 / 0.6 (models/MODEL_CARD.md), so 0.5 stays.
 FACE_THRESHOLD = 0.3
 BRAIN_THRESHOLD = 0.5
 # Averaging with the mirrored image gained 0.0004-0.0006 Dice on synthetic scans for twice the
