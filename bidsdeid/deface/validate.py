@@ -20,12 +20,7 @@ import numpy as np
 import torch
 
 from bidsdeid.deface.atlas import COLIN_HEAD, load_or_build_atlas, training_head
-from bidsdeid.deface.infer import (
-    FINE_SPACING,
-    FLIP_AVERAGE,
-    load_weights,
-    predict_masks,
-)
+from bidsdeid.deface.infer import FINE_SPACING, FLIP_AVERAGE, load_weights, predict_masks
 from bidsdeid.deface.synth import synthesise, to_torch_head
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
@@ -70,12 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     model = load_weights(args.weights)
     heads = load_or_build_atlas(args.atlas_cache, args.colin_head, None)
     if args.scans:
-        settings = {
-            "flip": args.flip,
-            "fine_spacing": args.fine_spacing,
-        }
         scan = (args.scan_size, args.scan_spacing)
-        validate_scans(model, heads, args.scans, args.seed, scan, settings)
+        validate_scans(model, heads, args.scans, args.seed, scan, args.flip, args.fine_spacing)
         return
     print(
         "head            contrast  "
@@ -108,13 +99,11 @@ def validate_scans(
     count: int,
     seed: int,
     scan: tuple[int, float] = SCAN,
-    settings: dict | None = None,
+    flip: bool = FLIP_AVERAGE,
+    fine_spacing: float = FINE_SPACING,
 ) -> None:
-    """Whole-pipeline brain Dice on synthetic scans, per volume and threshold.
-
-    ``settings`` are keyword arguments of ``predict_masks`` (the shipped ones when absent).
-    """
-    settings = settings or {}
+    """Whole-pipeline brain Dice on synthetic scans (``scan``: voxels per side, mm), per volume
+    and threshold, with the given inference settings."""
     print("head            contrast  " + "  ".join(f"brain@{t}" for t in THRESHOLDS))
     totals = np.zeros(len(THRESHOLDS))
     for head in heads:
@@ -129,7 +118,7 @@ def validate_scans(
             scores = []
             for t in THRESHOLDS:
                 brain = predict_masks(
-                    model, image, sample.affine, brain_threshold=t, **settings
+                    model, image, sample.affine, t, flip=flip, fine_spacing=fine_spacing
                 ).brain
                 p, g = brain & valid, truth & valid
                 scores.append(2 * (p & g).sum() / max(p.sum() + g.sum(), 1))
