@@ -7,7 +7,7 @@ import torch
 
 from bidsdeid.deface.atlas import CSF, FIRST_HEAD_LABEL, GM, WM, AtlasHead
 from bidsdeid.deface.grid import normalise_intensity
-from bidsdeid.deface.synth import synthesise, to_torch_head
+from bidsdeid.deface.synth import synthesise, to_torch_head, vary_csf_width
 
 
 def toy_head() -> AtlasHead:
@@ -42,6 +42,36 @@ def test_brain_target_follows_the_brain_labels():
     shares = [synthesise(to_torch_head(head), rng).target[0].mean().item() for _ in range(3)]
     assert all(s > 0 for s in shares), f"no brain in samples: {shares}"
     assert max(shares) > brain_share, "samples zoom in on the head, so brain share rises"
+
+
+def test_moving_the_csf_border_keeps_the_brain_mask():
+    labels = torch.as_tensor(toy_head().labels).long()
+    brain = (labels >= WM) & (labels <= CSF)
+    for voxels in (1, -1):
+        moved = vary_csf_width(labels, voxels)
+        assert torch.equal((moved >= WM) & (moved <= CSF), brain), f"brain changed at {voxels}"
+        assert torch.equal(moved == WM, labels == WM), "white matter must not move"
+
+
+def test_wider_csf_takes_one_voxel_of_grey_matter_and_narrower_gives_it_back():
+    labels = torch.as_tensor(toy_head().labels).long()
+    # Toy radii (voxels, y and z squeezed): GM 30-38, CSF 38-42; one voxel moves the border.
+    gm, csf = int((labels == GM).sum()), int((labels == CSF).sum())
+    wider = vary_csf_width(labels, 1)
+    narrower = vary_csf_width(labels, -1)
+    assert int((wider == CSF).sum()) > csf and int((narrower == CSF).sum()) < csf
+    assert 0.7 * gm < int((wider == GM).sum()) < gm, "one voxel of an 8-voxel ribbon, not all"
+    assert int((narrower == CSF).sum()) > 0.5 * csf, "one voxel of a 4-voxel layer, not all"
+
+
+def test_zero_csf_width_share_leaves_the_random_stream_alone():
+    # Validation sets are fixed by their seed: the option must not shift the draws when off.
+    head = to_torch_head(toy_head())
+    torch.manual_seed(0)  # the noise comes from torch's generator
+    before = synthesise(head, np.random.default_rng(3))
+    torch.manual_seed(0)
+    after = synthesise(head, np.random.default_rng(3), csf_width_share=0.0)
+    assert torch.equal(before.image, after.image) and torch.equal(before.target, after.target)
 
 
 def test_normalise_intensity_maps_the_99th_percentile_to_one():

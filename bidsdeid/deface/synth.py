@@ -2,7 +2,8 @@
 
 Each sample: a random grid (spacing, rotation, scale, position), an elastic warp, random
 intensities per label (so any MR contrast), partial-volume averaging, a bias field, gamma,
-slice-thickness blur, noise and a random field-of-view cut. Targets are the brain and face
+slice-thickness blur, noise and a random field-of-view cut, and optionally a wider or narrower
+CSF layer between cortex and skull. Targets are the brain and face
 fractions of each working voxel; ``valid`` marks voxels whose target is known.
 """
 
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bidsdeid.deface.atlas import CSF, N_LABELS, WM, AtlasHead
+from bidsdeid.deface.atlas import CSF, GM, N_LABELS, WM, AtlasHead
 from bidsdeid.deface.grid import normalise_intensity
 from bidsdeid.deface.register import grid_world_coords, sample_at_world
 
@@ -36,10 +37,13 @@ class TorchHead:
     brain_centre: np.ndarray  # world mm
     head_top: np.ndarray  # world mm, highest head point (centre in x, y)
     brain_points: np.ndarray  # (N, 3) world mm, a regular subsample of the brain's voxels
+    csf_variants: tuple[torch.Tensor, ...]  # labels with the cortex/CSF border moved 1 voxel
 
 
 def to_torch_head(head: AtlasHead) -> TorchHead:
     lab = head.labels
+    labels = torch.as_tensor(lab, dtype=torch.float32)[None]
+    variants = tuple(vary_csf_width(labels[0].long(), v).float()[None] for v in (1, -1))
     ijk_brain = np.array(np.nonzero((lab >= WM) & (lab <= CSF)), float)
     ijk_head = np.array(np.nonzero(lab > 0), float)
     world_head = head.affine[:3, :3] @ ijk_head + head.affine[:3, 3:4]
@@ -47,12 +51,13 @@ def to_torch_head(head: AtlasHead) -> TorchHead:
     top[2] = world_head[2].max()
     world_brain = head.affine[:3, :3] @ ijk_brain + head.affine[:3, 3:4]
     return TorchHead(
-        torch.as_tensor(lab, dtype=torch.float32)[None],
+        labels,
         torch.as_tensor(head.face, dtype=torch.float32)[None],
         head.affine,
         world_brain.mean(1),
         top,
         world_brain[:, :: max(1, world_brain.shape[1] // 20_000)].T.copy(),
+        variants,
     )
 
 
@@ -103,12 +108,15 @@ def synthesise(
     realistic_contrast: float = 0.0,
     scan: tuple[int, float] | None = None,
     brain_point_share: float = 0.0,
+    csf_width_share: float = 0.0,
 ) -> Sample:
     """One random training pair: a whole-head coarse grid or a finer one on the brain (its
     centre, or with probability ``brain_point_share`` any brain point).
 
     ``scan`` (voxels per side, spacing in mm) instead makes a volume like a scan, e.g. 128 at
-    2 mm, to validate the whole inference pipeline on it.
+    2 mm, to validate the whole inference pipeline on it. With probability ``csf_width_share``
+    the labels come from a head whose grey matter/CSF border moved by one atlas voxel (1 mm,
+    `vary_csf_width`); the brain target stays.
     """
     if scan is None:
         coarse = rng.random() < 0.5
@@ -138,7 +146,10 @@ def synthesise(
     world = grid_world_coords((fine_n,) * 3, fine_affine)
     disp = _smooth_field((fine_n,) * 3, 5, rng.uniform(0, 4), rng, channels=3)
     world = world + disp.permute(1, 2, 3, 0)
-    labels = sample_at_world(head.labels, head.affine, world, mode="nearest")[0].long()
+    source = head.labels
+    if csf_width_share > 0 and rng.random() < csf_width_share:
+        source = head.csf_variants[rng.integers(len(head.csf_variants))]
+    labels = sample_at_world(source, head.affine, world, mode="nearest")[0].long()
     face = sample_at_world(head.face, head.affine, world)[0]
     known = sample_at_world(torch.ones_like(head.face), head.affine, world)[0]
     if rng.random() < 0.5:  # left-right flip: heads are near symmetric, the grid is not
@@ -169,6 +180,23 @@ def synthesise(
     affine = fine_affine @ np.diag([2.0, 2.0, 2.0, 1.0])
     affine[:3, 3] += fine_affine[:3, :3] @ np.full(3, 0.5)  # a pooled voxel's centre
     return Sample(image[None], torch.stack([brain, face]), valid[None], affine)
+
+
+def vary_csf_width(labels: torch.Tensor, voxels: int) -> torch.Tensor:
+    """Move the grey matter/CSF border by ``voxels``: > 0 turns grey matter near CSF or outside
+    the brain into CSF (atrophy: wider sulci, a wider gap to the skull), < 0 turns CSF near
+    grey matter into grey matter (a brain that fills the skull).
+
+    Both atlas heads have one CSF width (an average brain placed in a head), so the network
+    could learn "mask edge = cortex + that width" instead of finding the inner skull; the brain
+    mask (WM, GM, CSF) is unchanged.
+    """
+    grey = labels == GM
+    grow = ~((labels == WM) | grey) if voxels > 0 else grey
+    kernel = 2 * abs(voxels) + 1
+    near = F.max_pool3d(grow.float()[None, None], kernel, stride=1, padding=abs(voxels))[0, 0] > 0
+    changed = (grey & near) if voxels > 0 else ((labels == CSF) & near)
+    return torch.where(changed, torch.tensor(CSF if voxels > 0 else GM), labels)
 
 
 def _random_fov(shape, rng: np.random.Generator) -> torch.Tensor:

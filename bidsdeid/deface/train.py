@@ -71,6 +71,12 @@ def main(argv: list[str] | None = None) -> None:
         default=0.0,
         help="share of fine samples centred on a random brain point instead of the brain centre",
     )
+    ap.add_argument(
+        "--csf-width-share",
+        type=float,
+        default=0.0,
+        help="share of samples whose cortex/CSF border is moved by 1-2 voxels (brain mask kept)",
+    )
     ap.add_argument("--init", type=Path, default=None, help="start from these weights")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -101,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
             rng,
             args.realistic_contrast,
             brain_point_share=args.brain_point_share,
+            csf_width_share=args.csf_width_share,
         )
         loss = loss_fn(model(sample.image[None]), sample)
         opt.zero_grad()

@@ -2,13 +2,14 @@
 
     python -m bidsdeid.deface.validate models/deface_unet.pt --samples 24 --seed 12345
     python -m bidsdeid.deface.validate models/deface_unet.pt --scans 8 [--flip] [--fine-spacing MM]
-        [--scan-size 184 --scan-spacing 1.2]
+        [--scan-size 184 --scan-spacing 1.2] [--csf-width-share 1] [--thresholds 0.5]
 
 Draws ``--samples`` pairs per atlas head with the training synthesis (half with preset
 contrasts, half with random ones) and prints brain and face Dice at several thresholds, pooled
 over the pairs (many brain-centred pairs hold little or no face). With ``--scans`` it instead
 synthesises whole-head volumes like scans (2 mm, 256 mm field of view) and runs the whole
 inference pipeline (both passes, native masks) on them: per-volume brain Dice by threshold.
+``--csf-width-share`` moves the cortex/CSF border in that share of the volumes, as training can.
 """
 
 from __future__ import annotations
@@ -60,13 +61,25 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--scan-size", type=int, default=SCAN[0], help="scan voxels per side")
     ap.add_argument("--scan-spacing", type=float, default=SCAN[1], help="scan voxel size, mm")
+    ap.add_argument("--csf-width-share", type=float, default=0.0)
+    ap.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_weights(args.weights)
     heads = load_or_build_atlas(args.atlas_cache, args.colin_head, None)
     if args.scans:
         scan = (args.scan_size, args.scan_spacing)
-        validate_scans(model, heads, args.scans, args.seed, scan, args.flip, args.fine_spacing)
+        validate_scans(
+            model,
+            heads,
+            args.scans,
+            args.seed,
+            scan,
+            flip=args.flip,
+            fine_spacing=args.fine_spacing,
+            csf_width_share=args.csf_width_share,
+            thresholds=tuple(args.thresholds),
+        )
         return
     print(
         "head            contrast  "
@@ -99,24 +112,33 @@ def validate_scans(
     count: int,
     seed: int,
     scan: tuple[int, float] = SCAN,
+    *,
     flip: bool = FLIP_AVERAGE,
     fine_spacing: float = FINE_SPACING,
+    csf_width_share: float = 0.0,
+    thresholds: tuple[float, ...] = THRESHOLDS,
 ) -> None:
     """Whole-pipeline brain Dice on synthetic scans (``scan``: voxels per side, mm), per volume
     and threshold, with the given inference settings."""
-    print("head            contrast  " + "  ".join(f"brain@{t}" for t in THRESHOLDS))
-    totals = np.zeros(len(THRESHOLDS))
+    print("head            contrast  " + "  ".join(f"brain@{t}" for t in thresholds))
+    totals = np.zeros(len(thresholds))
     for head in heads:
         rng = np.random.default_rng(seed)
         torch_head = to_torch_head(head)
         for i in range(count):
             contrast = "preset" if i % 2 == 0 else "random"
-            sample = synthesise(torch_head, rng, 1.0 if contrast == "preset" else 0.0, scan=scan)
+            sample = synthesise(
+                torch_head,
+                rng,
+                1.0 if contrast == "preset" else 0.0,
+                scan=scan,
+                csf_width_share=csf_width_share,
+            )
             image = sample.image[0].numpy()
             valid = sample.valid[0].numpy() > 0
             truth = sample.target[0].numpy() > 0.5
             scores = []
-            for t in THRESHOLDS:
+            for t in thresholds:
                 brain = predict_masks(
                     model, image, sample.affine, t, flip=flip, fine_spacing=fine_spacing
                 ).brain
