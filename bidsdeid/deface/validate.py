@@ -119,9 +119,10 @@ def validate_scans(
     thresholds: tuple[float, ...] = THRESHOLDS,
 ) -> None:
     """Whole-pipeline brain Dice on synthetic scans (``scan``: voxels per side, mm), per volume
-    and threshold, with the given inference settings."""
+    and threshold, with the given inference settings; then mean Dice, precision and recall
+    (precision below recall: masks too large; above: too small, as on the real heads)."""
     print("head            contrast  " + "  ".join(f"brain@{t}" for t in thresholds))
-    totals = np.zeros(len(thresholds))
+    totals = np.zeros((3, len(thresholds)))  # Dice, precision, recall
     for head in heads:
         rng = np.random.default_rng(seed)
         torch_head = to_torch_head(head)
@@ -137,20 +138,26 @@ def validate_scans(
             image = sample.image[0].numpy()
             valid = sample.valid[0].numpy() > 0
             truth = sample.target[0].numpy() > 0.5
-            scores = []
-            for t in thresholds:
+            scores = np.zeros((3, len(thresholds)))
+            for k, t in enumerate(thresholds):
                 brain = predict_masks(
                     model, image, sample.affine, t, flip=flip, fine_spacing=fine_spacing
                 ).brain
                 p, g = brain & valid, truth & valid
-                scores.append(2 * (p & g).sum() / max(p.sum() + g.sum(), 1))
+                hits = (p & g).sum()
+                scores[:, k] = (
+                    2 * hits / max(p.sum() + g.sum(), 1),
+                    hits / max(p.sum(), 1),
+                    hits / max(g.sum(), 1),
+                )
             totals += scores
             print(
-                f"{head.name:15s} {contrast:8s}  " + "  ".join(f"{v:8.3f}" for v in scores),
+                f"{head.name:15s} {contrast:8s}  " + "  ".join(f"{v:8.4f}" for v in scores[0]),
                 flush=True,
             )
     mean = totals / (count * len(heads))
-    print(f"{'mean':24s}  " + "  ".join(f"{v:8.3f}" for v in mean))
+    for name, row in zip(("mean", "precision", "recall"), mean):
+        print(f"{name:24s}  " + "  ".join(f"{v:8.4f}" for v in row))
 
 
 if __name__ == "__main__":
