@@ -1,6 +1,6 @@
 """Training atlas: head templates with brain, tissue and face labels.
 
-Sources (all shipped inside PyPI wheels or the repo's shared test data, nothing fetched):
+Sources (all shipped inside PyPI wheels or Debian packages, nothing fetched):
 - ``pydeface`` wheel (MIT): ``data/mean_reg2mean.nii.gz`` (a mean T1 head with face, 1 mm) and
   ``data/facemask.nii.gz`` (0 over the face, 1 elsewhere).
 - ``nilearn`` wheel (BSD-3): ICBM152 2009a symmetric brain (``mni_icbm152_t1..``, brain-only)
@@ -9,7 +9,6 @@ Sources (all shipped inside PyPI wheels or the repo's shared test data, nothing 
   ``/usr/share/mricron/templates/ch2.nii.gz``, one real adult head (27 averaged 1 mm T1 scans)
   with sharp cortex, skull, face and ears: the anatomy of a real subject, which the blurred
   mean head lacks.
-- optional extra head: the FSL MNI152 T1 2 mm head (niivue demo copy, BSD-2), given by path.
 
 Each head gets a label map: 0 air, 1 white matter, 2 grey matter, 3 intracranial CSF, 4-7
 non-brain head tissue (intensity quartiles of scalp, skull, muscle, fat ...), and a face map
@@ -192,10 +191,8 @@ def build_head(
     return AtlasHead(name, intensity, labels, face_map & ~brain, affine)
 
 
-def build_atlas(
-    colin_head: Path | None = COLIN_HEAD, mni152_head: Path | None = None
-) -> list[AtlasHead]:
-    """The training heads: pydeface's mean head, Colin 27 and the FSL MNI152 head when given."""
+def build_atlas(colin_head: Path | None = COLIN_HEAD) -> list[AtlasHead]:
+    """The training heads: pydeface's mean head, and Colin 27 unless ``colin_head`` is None."""
     icbm = {
         k: _load(
             package_file(
@@ -208,15 +205,12 @@ def build_atlas(
     face = _load(package_file("pydeface", "data/facemask.nii.gz"))
     heads = [build_head("pydeface_mean", pd_head, icbm, face, np.eye(4))]
     pd, pd_aff = _load(pd_head)
-    extra = [("colin27", colin_head, True), ("mni152_fsl", mni152_head, False)]
-    for name, path, sharp in extra:
-        if path is None:
-            continue
-        if not Path(path).exists():
-            raise FileNotFoundError(f"{path}: training head not found")
-        head, head_aff = _load(Path(path))
+    if colin_head is not None:
+        if not colin_head.exists():
+            raise FileNotFoundError(f"{colin_head}: training head not found")
+        head, head_aff = _load(colin_head)
         head_to_pd = register_affine(head, head_aff, pd, pd_aff)
-        heads.append(build_head(name, Path(path), icbm, face, head_to_pd, sharp=sharp))
+        heads.append(build_head("colin27", colin_head, icbm, face, head_to_pd, sharp=True))
     return heads
 
 
@@ -225,15 +219,12 @@ def training_head(text: str) -> Path | None:
     return None if text == "none" else Path(text)
 
 
-def load_or_build_atlas(
-    cache: Path, colin_head: Path | None, mni152_head: Path | None
-) -> list[AtlasHead]:
+def load_or_build_atlas(cache: Path, colin_head: Path | None) -> list[AtlasHead]:
     """Atlas heads, built once (a few minutes) and cached as NIfTI label maps.
 
     The cache is used only when it holds the same heads as asked for.
     """
-    wanted = {"colin27": colin_head, "mni152_fsl": mni152_head}
-    names = ["pydeface_mean"] + [name for name, path in wanted.items() if path is not None]
+    names = ["pydeface_mean"] + (["colin27"] if colin_head is not None else [])
     index = cache / "heads.json"
     if index.exists() and json.loads(index.read_text()) == names:
         heads = []
@@ -250,7 +241,7 @@ def load_or_build_atlas(
                 )
             )
         return heads
-    heads = build_atlas(colin_head, mni152_head)
+    heads = build_atlas(colin_head)
     cache.mkdir(parents=True, exist_ok=True)
     for h in heads:
         nib.save(nib.Nifti1Image(h.labels, h.affine), cache / f"{h.name}_labels.nii.gz")

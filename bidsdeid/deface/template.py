@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("models") / TEMPLATE_FILE)
     ap.add_argument("--atlas-cache", type=Path, default=Path("/tmp/bidsdeid_deface_atlas"))
     args = ap.parse_args(argv)
-    load_or_build_atlas(args.atlas_cache, COLIN_HEAD if COLIN_HEAD.exists() else None, None)
+    load_or_build_atlas(args.atlas_cache, COLIN_HEAD if COLIN_HEAD.exists() else None)
     img = build_template(args.atlas_cache / "pydeface_mean_labels.nii.gz",
                          args.atlas_cache / "pydeface_mean_face.nii.gz")
     nib.save(img, args.out)

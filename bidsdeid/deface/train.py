@@ -53,7 +53,6 @@ def main(argv: list[str] | None = None) -> None:
         default=COLIN_HEAD,
         help="the Colin 27 head (Debian mricron-data); 'none' to train without it",
     )
-    ap.add_argument("--mni152-head", type=Path, default=None)
     ap.add_argument("--atlas-cache", type=Path, default=Path("/tmp/bidsdeid_deface_atlas"))
     ap.add_argument("--checkpoint-every", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
@@ -81,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    atlas = load_or_build_atlas(args.atlas_cache, args.colin_head, args.mni152_head)
+    atlas = load_or_build_atlas(args.atlas_cache, args.colin_head)
     heads = [to_torch_head(h) for h in atlas]
     model = UNet3D()
     if args.init is not None:

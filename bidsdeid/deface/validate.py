@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_weights(args.weights)
-    heads = load_or_build_atlas(args.atlas_cache, args.colin_head, None)
+    heads = load_or_build_atlas(args.atlas_cache, args.colin_head)
     if args.scans:
         scan = (args.scan_size, args.scan_spacing)
         validate_scans(
