@@ -109,9 +109,11 @@ def synthesise(
     scan: tuple[int, float] | None = None,
     brain_point_share: float = 0.0,
     csf_width_share: float = 0.0,
+    fine_size: int = 48,
 ) -> Sample:
-    """One random training pair: a whole-head coarse grid or a finer one on the brain (its
-    centre, or with probability ``brain_point_share`` any brain point).
+    """One random training pair: a whole-head coarse grid (56^3) or a finer one
+    (``fine_size``^3) on the brain (its centre, or with probability ``brain_point_share`` any
+    brain point).
 
     ``scan`` (voxels per side, spacing in mm) instead makes a volume like a scan, e.g. 128 at
     2 mm, to validate the whole inference pipeline on it. With probability ``csf_width_share``
@@ -120,7 +122,7 @@ def synthesise(
     """
     if scan is None:
         coarse = rng.random() < 0.5
-        size = 56 if coarse else 48
+        size = 56 if coarse else fine_size
         spacing = rng.uniform(3.6, 5.0) if coarse else rng.uniform(2.3, 3.4)
     else:
         coarse, (size, spacing) = False, scan

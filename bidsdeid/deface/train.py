@@ -76,6 +76,12 @@ def main(argv: list[str] | None = None) -> None:
         default=0.0,
         help="share of samples whose cortex/CSF border is moved by 1-2 voxels (brain mask kept)",
     )
+    ap.add_argument(
+        "--fine-size",
+        type=int,
+        default=48,
+        help="voxels per side of the fine (2.3-3.4 mm) samples; inference tiles are 64",
+    )
     ap.add_argument("--init", type=Path, default=None, help="start from these weights")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -107,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
             args.realistic_contrast,
             brain_point_share=args.brain_point_share,
             csf_width_share=args.csf_width_share,
+            fine_size=args.fine_size,
         )
         loss = loss_fn(model(sample.image[None]), sample)
         opt.zero_grad()
